@@ -1,0 +1,86 @@
+# agentd - a tiny static PID 1 and guest agent for microVMs.
+#
+#   make            build ./agentd (musl, static) and ./agentctl (host CLI)
+#   make check      unit tests (ASan+UBSan and musl), vectors, host-mode
+#                   integration tests, VM tests when QEMU and a kernel exist
+#   make fuzz       run every libFuzzer target for FUZZ_SECONDS each
+#   make size       print the agent's size
+#   make bench      benchmarks (PEER=1 also measures microsandbox's agent)
+
+MUSL_CC   ?= musl-gcc
+HOST_CC   ?= cc
+SAN_CC    ?= clang
+PYTHON    ?= /usr/bin/python3
+FUZZ_SECONDS ?= 60
+
+WARN      = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CSTD      = -std=gnu11 -D_GNU_SOURCE
+HARDEN    = -fstack-protector-strong -D_FORTIFY_SOURCE=2
+CFLAGS_AGENT = $(CSTD) $(WARN) $(HARDEN) -Os -ffunction-sections -fdata-sections \
+	-fno-asynchronous-unwind-tables -fno-unwind-tables -fno-pie
+LDFLAGS_AGENT = -static -no-pie -s -Wl,--gc-sections -Wl,-z,norelro -Wl,--build-id=none
+SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
+	-fsanitize=address,undefined -fno-sanitize-recover=all
+
+AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c
+AGENT_HDRS = agent.h protocol.h initcfg.h
+CTL_SRCS   = agentctl.c protocol.c
+
+.PHONY: all check unit integration vmtest fuzz size bench clean
+
+all: agentd agentctl
+
+agentd: $(AGENT_SRCS) $(AGENT_HDRS)
+	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(AGENT_SRCS) $(LDFLAGS_AGENT)
+
+agentctl: $(CTL_SRCS) protocol.h
+	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(CTL_SRCS) $(LDFLAGS_AGENT)
+
+# The agent built with sanitizers, run by the integration tests too.
+agentd-san: $(AGENT_SRCS) $(AGENT_HDRS)
+	$(SAN_CC) $(SAN_FLAGS) -o $@ $(AGENT_SRCS)
+
+size: agentd
+	@stat -c '%s bytes  agentd' agentd
+
+# ---- unit tests: the same sources under ASan+UBSan and under musl ----
+test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h
+	$(SAN_CC) $(SAN_FLAGS) -I. -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c
+
+test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h
+	$(MUSL_CC) $(CSTD) $(WARN) -O2 -I. -static -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c
+
+unit: test/unit-san test/unit-musl
+	./test/unit-san test/vectors
+	./test/unit-musl test/vectors
+
+integration: agentd agentd-san agentctl
+	$(PYTHON) -m pytest -q test/
+	AGENTD=$(CURDIR)/agentd-san $(PYTHON) -m pytest -q -m "not slow" test/
+
+vmtest: agentd agentctl
+	./test/vm/run-vm-tests
+
+check: unit integration vmtest fuzz
+	@echo "make check: all suites passed"
+
+# ---- fuzzing (clang libFuzzer) ----
+FUZZ_TARGETS = fuzz/fuzz-frames fuzz/fuzz-payload fuzz/fuzz-initcfg
+FUZZ_FLAGS = $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
+
+fuzz/fuzz-frames: fuzz/fuzz_frames.c protocol.c protocol.h
+	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_frames.c protocol.c
+fuzz/fuzz-payload: fuzz/fuzz_payload.c protocol.c protocol.h
+	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_payload.c protocol.c
+fuzz/fuzz-initcfg: fuzz/fuzz_initcfg.c initcfg.c initcfg.h
+	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_initcfg.c initcfg.c
+
+fuzz: $(FUZZ_TARGETS)
+	./fuzz/run-fuzzers $(FUZZ_SECONDS)
+
+bench: agentd agentctl
+	$(PYTHON) bench/bench.py $(if $(PEER),--peer)
+
+clean:
+	rm -f agentd agentctl agentd-san test/unit-san test/unit-musl $(FUZZ_TARGETS)
+	rm -rf test/__pycache__ .pytest_cache

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * agent.h - the one agent struct and the interfaces between the event
+ * loop (agentd.c) and the modules it dispatches to (session.c, fsops.c,
+ * heartbeat.c, init.c).
+ */
+#ifndef AGENTD_AGENT_H
+#define AGENTD_AGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "protocol.h"
+
+/*
+ * Output towards the host.  Bulk producers (child output, file reads)
+ * produce only while out_len < OUT_SOFT_LIMIT; control frames (started,
+ * exited, fs responses) are always queued.  The port is not read while
+ * out_len >= OUT_HARD_LIMIT, so the queue stays bounded: every request
+ * the host can make while we still read adds at most one bounded frame.
+ */
+#define OUT_SOFT_LIMIT   (256u * 1024)
+#define OUT_HARD_LIMIT   (8u * 1024 * 1024)
+#define OUT_READ_CHUNK   (64u * 1024)   /* one read from a child or file */
+
+/* An fd registered with epoll: data.ptr points at one of these. */
+struct agent;
+struct watch {
+	int fd;
+	void (*handle)(struct agent *a, struct watch *w, uint32_t events);
+};
+
+struct session;    /* session.c */
+struct fs_stream;  /* fsops.c */
+
+struct agent {
+	int epfd;
+	int port_fd;
+	int sig_fd;
+	int hb_timer_fd;
+	bool pid1;           /* running as PID 1 (or --init) */
+	bool host_mode;      /* --port-fd / socket: EOF ends the process */
+	bool port_eof;
+	bool reading_paused; /* backpressure on the port */
+	bool shutting_down;
+
+	struct frame_reader in;
+	struct cbor_out out;  /* encoded frames waiting for the port */
+	size_t out_head;      /* first byte of out.buf not yet written */
+
+	struct arena arena;   /* per-frame decode scratch */
+
+	const char *runtime_dir;       /* "/.msb" or --runtime-dir */
+	unsigned heartbeat_interval;   /* seconds */
+	struct timespec last_activity; /* CLOCK_REALTIME of last port read */
+
+	uint64_t boot_time_ns, init_time_ns, ready_time_ns;
+
+	struct session *sessions;      /* live exec sessions */
+	unsigned nsessions;
+	size_t stdin_queued;           /* bytes queued for all children */
+
+	struct fs_stream *fs_streams;  /* live read and write streams */
+	unsigned nwrites;
+};
+
+/* ---- agentd.c: output and registration helpers for the modules ---- */
+
+/* Queue one message for the host on id.  -1 only when it cannot be
+ * encoded (larger than a frame); the caller then reports that error. */
+int agent_send(struct agent *a, uint32_t id, const struct msg *m);
+/* Room left under the soft limit, for bulk producers. */
+size_t agent_out_room(const struct agent *a);
+int agent_watch(struct agent *a, struct watch *w, uint32_t events);
+int agent_rewatch(struct agent *a, struct watch *w, uint32_t events);
+void agent_unwatch(struct agent *a, struct watch *w);
+void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+uint64_t agent_clock_ns(int clock_id);
+
+/* ---- session.c: exec sessions ---- */
+void session_exec(struct agent *a, uint32_t id, const struct exec_request *rq);
+void session_stdin(struct agent *a, uint32_t id, struct slice data);
+void session_resize(struct agent *a, uint32_t id, uint16_t rows, uint16_t cols);
+void session_signal(struct agent *a, uint32_t id, int32_t sig);
+/* A reaped child: routes the status to its session, if any. */
+void session_reaped(struct agent *a, int pid, int status);
+/* Output room appeared: resume reading children paused by backpressure. */
+void session_pump(struct agent *a);
+bool session_id_live(const struct agent *a, uint32_t id);
+void sessions_terminate(struct agent *a, int sig);
+
+/* ---- fsops.c: filesystem operations and transfers ---- */
+void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq);
+void fs_data(struct agent *a, uint32_t id, struct slice data);
+/* Output room appeared: continue read streams, fairly. */
+void fs_pump(struct agent *a);
+bool fs_id_live(const struct agent *a, uint32_t id);
+/* Disconnect or shutdown: abort every stream, remove temporary files. */
+void fs_abort_all(struct agent *a);
+
+/* ---- heartbeat.c ---- */
+int heartbeat_write(struct agent *a);
+/* Format a CLOCK_REALTIME time as SPEC 8 says; returns length. */
+size_t heartbeat_format_time(char *buf, size_t n, const struct timespec *ts);
+
+/* ---- init.c: PID 1 duties ---- */
+/* Section 10 in order; on a fatal error prints and powers off (PID 1). */
+int init_run(struct agent *a);
+void init_power_off(void) __attribute__((noreturn));
+
+#endif
