@@ -1,0 +1,297 @@
+"""vmlib - boot a QEMU microVM with agentd as /init and talk to it.
+
+Used by the VM scenarios (test/vm/vm_scenarios.py), ./microvm and bench/.
+Run with Debian's /usr/bin/python3 (needs python3-cbor2 for agentclient).
+
+API
+---
+    from vmlib import VM, build_initrd, find_kernel, have_qemu
+
+    find_kernel() -> str | None        newest /boot/vmlinuz-*, or $VM_KERNEL
+    have_qemu() -> bool                qemu-system-x86_64 on PATH
+    build_initrd(out, init=None, add=(), modules=None) -> out
+                                       runs test/vm/mkinitramfs (agentd as
+                                       /init by default; add = ["SRC=DEST"])
+
+    VM(initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
+       mounts=None, mem=256, net=False, accel="auto", smp=1,
+       workdir=None, qemu_args=())
+        initrd       initramfs path (see build_initrd)
+        kernel       kernel image (default find_kernel())
+        cmdline      extra kernel command line words
+        env          dict of KEY=VALUE put on the kernel command line; the
+                     kernel hands them to /init's environment (MSB_* config)
+        runtime_dir  host dir shared as virtiofs tag "msb_runtime" (mounted at
+                     /.msb by agentd); None: no share and the VM boots with
+                     agentd.runtime=none
+        mounts       {tag: host_dir}: more virtiofs shares (for MSB_MOUNTS)
+        net          True: -netdev user + virtio-net-device (guest 10.0.2.15,
+                     gateway 10.0.2.2, dns 10.0.2.3); MAC is VM.MAC
+        accel        "auto" ($VM_ACCEL, default tcg: /dev/kvm exists on the CI
+                     machines but nested KVM fails), "kvm", "tcg"
+
+      .start()            listen on the agent socket, start virtiofsd(s), then
+                          QEMU (-M microvm, console on the serial port captured
+                          to .console_path); returns self
+      .connect(timeout=60) -> agentclient.Agent, after core.ready arrived
+                          (vm.ready: the ready Frame, vm.ready_wall_s: seconds
+                          from QEMU start to ready)
+      .wait_exit(timeout) -> QEMU's exit status, or None if still running
+      .console() -> str   everything the guest printed on the console so far
+      .kill()             stop QEMU and the virtiofsd daemons (idempotent)
+      with VM(...) as vm: start() on enter, kill() and workdir removal on exit
+
+Facts baked in (see issue 5): tsc_early_khz=<host MHz*1000> so the guest's
+timer calibrates under TCG; virtiofs needs a shared memfd memory backend and
+non-legacy virtio-mmio; the host listens on the agent socket before QEMU
+starts so the port is connected when the guest opens it.
+"""
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "test"))
+
+from agentclient import Agent  # noqa: E402
+
+QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+VIRTIOFSD = os.environ.get("VIRTIOFSD", "/usr/lib/qemu/virtiofsd")
+
+
+def find_kernel():
+    k = os.environ.get("VM_KERNEL")
+    if k:
+        return k if os.path.exists(k) else None
+    ks = sorted(glob.glob("/boot/vmlinuz-*"))
+    ks = [k for k in ks if os.access(k, os.R_OK)]
+    return ks[-1] if ks else None
+
+
+def have_qemu():
+    return shutil.which(QEMU) is not None
+
+
+def have_virtiofsd():
+    return os.access(VIRTIOFSD, os.X_OK)
+
+
+def build_initrd(out, init=None, add=(), modules=None):
+    cmd = [sys.executable, os.path.join(HERE, "mkinitramfs")]
+    if init:
+        cmd += ["--init", init]
+    if modules is not None:
+        cmd += ["--modules", ",".join(modules)]
+    for a in add:
+        cmd += ["--add", a]
+    subprocess.run(cmd + [out], check=True)
+    return out
+
+
+def tsc_khz():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.split(":")[1]) * 1000)
+    except OSError:
+        pass
+    return None
+
+
+def _kernel_arg(k, v):
+    s = "%s=%s" % (k, v)
+    return '"%s"' % s if " " in s else s
+
+
+class VM:
+    MAC = "02:5a:7b:13:01:02"
+
+    def __init__(self, initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
+                 mounts=None, mem=256, net=False, accel="auto", smp=1,
+                 workdir=None, qemu_args=()):
+        self.initrd = initrd
+        self.kernel = kernel or find_kernel()
+        self.cmdline = cmdline
+        self.env = dict(env or {})
+        self.runtime_dir = runtime_dir
+        self.mounts = dict(mounts or {})
+        self.mem = mem
+        self.net = net
+        self.accel = accel
+        self.smp = smp
+        self.qemu_args = list(qemu_args)
+        self.own_workdir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="agentd-vm-")
+        self.console_path = os.path.join(self.workdir, "console.log")
+        self.sock_path = os.path.join(self.workdir, "agent.sock")
+        self.qemu = None
+        self.daemons = []
+        self.listener = None
+        self.agent = None
+        self.ready = None
+        self.t_start = None
+        self.ready_wall_s = None
+
+    # -- lifecycle -------------------------------------------------------
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.kill()
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _start_virtiofsd(self, tag, src):
+        sock = os.path.join(self.workdir, "vfs-%d.sock" % len(self.daemons))
+        log = open(os.path.join(self.workdir, "virtiofsd-%s.log" % tag), "wb")
+        p = subprocess.Popen([VIRTIOFSD, "--socket-path=" + sock, "-o", "source=" + src,
+                              "-o", "cache=none"], stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=log)
+        log.close()
+        self.daemons.append(p)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("virtiofsd for %s did not start" % tag)
+            time.sleep(0.02)
+        return sock
+
+    def qemu_command(self, shares):
+        accel = self.accel
+        if accel == "auto":
+            # /dev/kvm can open fine and still fail at the first vCPU MSR
+            # write (nested virtualisation on the CI machines), so KVM is
+            # only used when asked for: accel="kvm" or VM_ACCEL=kvm.
+            accel = os.environ.get("VM_ACCEL", "tcg")
+        words = ["console=ttyS0", "reboot=t", "panic=-1", "quiet"]
+        khz = tsc_khz()
+        if khz and accel == "tcg":
+            words.append("tsc_early_khz=%d" % khz)
+        if self.runtime_dir is None:
+            words.append("agentd.runtime=none")
+        if self.cmdline:
+            words.append(self.cmdline)
+        words += [_kernel_arg(k, v) for k, v in self.env.items()]
+        machine = "microvm"
+        cmd = [QEMU, "-accel", accel, "-m", "%dM" % self.mem, "-smp", str(self.smp),
+               "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+               "-serial", "stdio", "-kernel", self.kernel, "-initrd", self.initrd,
+               "-append", " ".join(words)]
+        if accel == "kvm":
+            cmd += ["-cpu", "host"]
+        if shares:
+            machine += ",memory-backend=mem"
+            cmd += ["-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % self.mem,
+                    "-global", "virtio-mmio.force-legacy=false"]
+            for i, (tag, sock) in enumerate(shares):
+                cmd += ["-chardev", "socket,id=vfs%d,path=%s" % (i, sock),
+                        "-device", "vhost-user-fs-device,chardev=vfs%d,tag=%s" % (i, tag)]
+        cmd[1:1] = ["-M", machine]
+        cmd += ["-device", "virtio-serial-device",
+                "-chardev", "socket,id=agent,path=%s" % self.sock_path,
+                "-device", "virtserialport,chardev=agent,name=agent"]
+        if self.net:
+            cmd += ["-netdev", "user,id=n0", "-device",
+                    "virtio-net-device,netdev=n0,mac=%s" % self.MAC]
+        return cmd + self.qemu_args
+
+    def start(self):
+        if not self.kernel:
+            raise RuntimeError("no kernel image found (set VM_KERNEL)")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.sock_path)
+        self.listener.listen(1)
+        shares = []
+        try:
+            if self.runtime_dir is not None:
+                shares.append(("msb_runtime", self._start_virtiofsd("msb_runtime",
+                                                                     self.runtime_dir)))
+            for tag, src in self.mounts.items():
+                shares.append((tag, self._start_virtiofsd(tag, src)))
+            self.cmd = self.qemu_command(shares)
+            con = open(self.console_path, "wb")
+            self.t_start = time.monotonic()
+            self.qemu = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=con,
+                                         stderr=subprocess.STDOUT)
+            con.close()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def connect(self, timeout=60):
+        """Accept QEMU's connection and wait for core.ready."""
+        deadline = time.monotonic() + timeout
+        self.listener.settimeout(0.2)
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+                break
+            except socket.timeout:
+                if self.qemu.poll() is not None:
+                    raise RuntimeError("QEMU exited (%s) before connecting:\n%s"
+                                       % (self.qemu.returncode, self.console()))
+                if time.monotonic() > deadline:
+                    raise TimeoutError("QEMU did not connect to the agent socket")
+        conn.settimeout(None)
+        a = Agent(conn)
+        while True:
+            try:
+                a.ready = a.recv(timeout=0.5)
+                break
+            except EOFError:
+                self.wait_exit(5)
+                raise RuntimeError("QEMU closed the agent socket before core.ready "
+                                   "(%s):\n%s" % (self.qemu.poll(), self.console()))
+            except TimeoutError:
+                if self.qemu.poll() is not None:
+                    raise RuntimeError("VM stopped before core.ready (%s):\n%s"
+                                       % (self.qemu.returncode, self.console()))
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no core.ready within %ss:\n%s"
+                                       % (timeout, self.console()))
+        assert a.ready.t == "core.ready", a.ready
+        self.ready_wall_s = time.monotonic() - self.t_start
+        self.ready = a.ready
+        self.agent = a
+        return a
+
+    def wait_exit(self, timeout):
+        try:
+            return self.qemu.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def console(self):
+        try:
+            with open(self.console_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def kill(self):
+        if self.agent is not None:
+            try:
+                self.agent.sock.close()
+            except OSError:
+                pass
+        for p in ([self.qemu] if self.qemu else []) + self.daemons:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.daemons = []
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
