@@ -14,6 +14,8 @@
 
 #include "protocol.h"
 
+struct epoll_event;
+
 /*
  * Output towards the host.  Bulk producers (child output, file reads)
  * produce only while out_len < OUT_SOFT_LIMIT; control frames (started,
@@ -30,6 +32,7 @@ struct agent;
 struct watch {
 	int fd;
 	void (*handle)(struct agent *a, struct watch *w, uint32_t events);
+	uint32_t events;  /* as registered; 0 = not in the epoll set */
 };
 
 struct session;    /* session.c */
@@ -40,11 +43,18 @@ struct agent {
 	int port_fd;
 	int sig_fd;
 	int hb_timer_fd;
+	int grace_timer_fd;  /* shutdown grace, then the final wait */
+	int retry_timer_fd;  /* PID 1: re-poll a disconnected port */
 	bool pid1;           /* running as PID 1 (or --init) */
 	bool host_mode;      /* --port-fd / socket: EOF ends the process */
 	bool port_eof;
 	bool reading_paused; /* backpressure on the port */
 	bool shutting_down;
+	int shutdown_phase;  /* 1: SIGTERM sent, 2: SIGKILL sent */
+	bool sessions_paused; /* some child is not read for lack of room */
+	struct watch port_w, sig_w, hb_w, grace_w, retry_w;
+	struct epoll_event *batch;  /* events being handled (agent_unwatch) */
+	int batch_next, batch_n;
 
 	struct frame_reader in;
 	struct cbor_out out;  /* encoded frames waiting for the port */
@@ -73,9 +83,15 @@ struct agent {
 int agent_send(struct agent *a, uint32_t id, const struct msg *m);
 /* Room left under the soft limit, for bulk producers. */
 size_t agent_out_room(const struct agent *a);
+/* epoll registration; w->events tracks what is registered.  Unwatching
+ * also drops events of w still pending in the current batch, so a watch
+ * may be freed right after agent_unwatch. */
 int agent_watch(struct agent *a, struct watch *w, uint32_t events);
 int agent_rewatch(struct agent *a, struct watch *w, uint32_t events);
 void agent_unwatch(struct agent *a, struct watch *w);
+/* Register, modify or remove as needed so exactly events are watched;
+ * 0 removes the fd (so EPOLLHUP cannot spin on a paused fd). */
+int agent_watch_set(struct agent *a, struct watch *w, uint32_t events);
 void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t agent_clock_ns(int clock_id);
 
@@ -90,6 +106,9 @@ void session_reaped(struct agent *a, int pid, int status);
 void session_pump(struct agent *a);
 bool session_id_live(const struct agent *a, uint32_t id);
 void sessions_terminate(struct agent *a, int sig);
+/* True while stdin queues are over their bounds (the port is not read);
+ * gives up on a child that consumed no stdin for 5 s (SPEC 5.3). */
+bool sessions_stdin_blocked(struct agent *a, uint64_t now_ns);
 
 /* ---- fsops.c: filesystem operations and transfers ---- */
 void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq);

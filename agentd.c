@@ -1,0 +1,933 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * agentd.c - main, the port and the one event loop.
+ *
+ * Everything happens on one thread around one epoll set: the port, a
+ * signalfd (SIGCHLD, SIGTERM, SIGINT), timerfds (heartbeat, shutdown
+ * grace, port re-poll) and the fds of exec sessions and fs streams.
+ * Output for the host goes through one bounded queue (a->out); the port
+ * is not read while that queue or the stdin queues are over their bounds.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define PORT_NAME          "agent"
+#define DISCOVERY_TRIES    100        /* every 100 ms: 10 s (SPEC 1.1) */
+#define REPOLL_MS          100        /* disconnected port (SPEC 1.2) */
+#define GRACE_MS           500        /* SIGTERM -> SIGKILL (SPEC 7) */
+#define KILL_WAIT_MS       200        /* SIGKILL -> give up waiting */
+#define FLUSH_WAIT_MS      200        /* last frames before exiting */
+#define STDIN_CHECK_MS     250        /* re-check stdin bounds while paused */
+#define ARENA_LIMIT        (16u * 1024 * 1024)
+#define OUT_KEEP_CAP       (1024u * 1024)
+
+struct options {
+	const char *port_path;
+	int port_fd;
+	bool init;
+};
+
+/* ---- small helpers for the modules ---- */
+
+void agent_log(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	int n = snprintf(buf, sizeof(buf), "agentd: ");
+
+	va_start(ap, fmt);
+	n += vsnprintf(buf + n, sizeof(buf) - n - 1, fmt, ap);
+	va_end(ap);
+	if (n > (int)sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	/* The console may be gone; nothing useful to do about it. */
+	if (write(STDERR_FILENO, buf, n) < 0)
+		return;
+}
+
+uint64_t agent_clock_ns(int clock_id)
+{
+	struct timespec ts;
+
+	if (clock_gettime(clock_id, &ts) < 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int agent_watch(struct agent *a, struct watch *w, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = w };
+
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, w->fd, &ev) < 0)
+		return -1;
+	w->events = events;
+	return 0;
+}
+
+int agent_rewatch(struct agent *a, struct watch *w, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = w };
+
+	if (epoll_ctl(a->epfd, EPOLL_CTL_MOD, w->fd, &ev) < 0)
+		return -1;
+	w->events = events;
+	return 0;
+}
+
+void agent_unwatch(struct agent *a, struct watch *w)
+{
+	int i;
+
+	epoll_ctl(a->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+	w->events = 0;
+	/* The caller may free w right away: forget its pending events. */
+	for (i = a->batch_next; i < a->batch_n; i++)
+		if (a->batch[i].data.ptr == w)
+			a->batch[i].data.ptr = NULL;
+}
+
+int agent_watch_set(struct agent *a, struct watch *w, uint32_t events)
+{
+	if (events == w->events)
+		return 0;
+	if (!events) {
+		agent_unwatch(a, w);
+		return 0;
+	}
+	if (!w->events)
+		return agent_watch(a, w, events);
+	return agent_rewatch(a, w, events);
+}
+
+/* ---- the output queue ---- */
+
+static size_t out_pending(const struct agent *a)
+{
+	return a->out.len - a->out_head;
+}
+
+size_t agent_out_room(const struct agent *a)
+{
+	size_t p = out_pending(a);
+
+	return p < OUT_SOFT_LIMIT ? OUT_SOFT_LIMIT - p : 0;
+}
+
+static int out_reserve(struct agent *a, size_t n)
+{
+	struct cbor_out *o = &a->out;
+	size_t cap;
+	uint8_t *p;
+
+	if (o->cap - o->len >= n)
+		return 0;
+	if (a->out_head) {
+		memmove(o->buf, o->buf + a->out_head, o->len - a->out_head);
+		o->len -= a->out_head;
+		a->out_head = 0;
+		if (o->cap - o->len >= n)
+			return 0;
+	}
+	cap = o->cap ? o->cap : 64 * 1024;
+	while (cap - o->len < n)
+		cap *= 2;
+	p = realloc(o->buf, cap);
+	if (!p)
+		return -1;
+	o->buf = p;
+	o->cap = cap;
+	return 0;
+}
+
+/* An emptied queue gives back memory a burst made it take. */
+static void out_reset(struct agent *a)
+{
+	a->out.len = 0;
+	a->out_head = 0;
+	a->out.overflow = false;
+	if (a->out.cap > OUT_KEEP_CAP) {
+		free(a->out.buf);
+		a->out.buf = NULL;
+		a->out.cap = 0;
+	}
+}
+
+int agent_send(struct agent *a, uint32_t id, const struct msg *m)
+{
+	struct cbor_out count = { 0 };
+	const char *name = msg_type_name(m->type);
+	size_t need;
+
+	payload_encode(&count, m);
+	/* header 9 + envelope keys and heads: well under 64 + the name */
+	need = count.len + 64 + (name ? strlen(name) : 0);
+	if (need > FRAME_WIRE_MAX)
+		return -1;
+	if (out_reserve(a, need) < 0) {
+		agent_log("send %s on id %u: out of memory", name, id);
+		return -1;
+	}
+	return frame_encode_msg(&a->out, id, m->gen ? m->gen : PROTO_GEN_SEED, m);
+}
+
+/* ---- the port ---- */
+
+static void port_update(struct agent *a);
+static void shutdown_begin(struct agent *a, const char *why);
+
+static int timer_arm(int fd, unsigned first_ms, unsigned every_ms)
+{
+	struct itimerspec its = {
+		.it_value = { first_ms / 1000, (first_ms % 1000) * 1000000L },
+		.it_interval = { every_ms / 1000, (every_ms % 1000) * 1000000L },
+	};
+
+	return timerfd_settime(fd, 0, &its, NULL);
+}
+
+/*
+ * The host went away.  PID 1 keeps serving: forget the half-read and
+ * half-written stream (a reconnecting host starts a fresh one) and poll
+ * the port again shortly.  In host mode the process ends.
+ */
+static void port_lost(struct agent *a, int err, const char *op)
+{
+	if (err)
+		agent_log("port %s: %s", op, strerror(err));
+	if (a->host_mode) {
+		if (!err)
+			agent_log("port closed by the host");
+		a->port_eof = true;
+		out_reset(a);
+		shutdown_begin(a, "port closed");
+		return;
+	}
+	if (!a->port_eof)
+		agent_log("port disconnected; waiting for the host");
+	a->port_eof = true;
+	a->in.start = a->in.len = 0;
+	out_reset(a);
+	fs_abort_all(a);
+	port_update(a);
+	timer_arm(a->retry_timer_fd, REPOLL_MS, 0);
+}
+
+static void port_flush(struct agent *a)
+{
+	while (out_pending(a) && !a->port_eof) {
+		ssize_t n = write(a->port_fd, a->out.buf + a->out_head,
+				  out_pending(a));
+
+		if (n > 0) {
+			a->out_head += n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		port_lost(a, n < 0 ? errno : EPIPE, "write");
+		return;
+	}
+	if (!out_pending(a))
+		out_reset(a);
+}
+
+static bool port_read_blocked(struct agent *a)
+{
+	if (out_pending(a) >= OUT_HARD_LIMIT)
+		return true;
+	return sessions_stdin_blocked(a, agent_clock_ns(CLOCK_MONOTONIC));
+}
+
+static void port_update(struct agent *a)
+{
+	uint32_t ev = 0;
+
+	a->reading_paused = port_read_blocked(a);
+	if (!a->port_eof) {
+		if (!a->reading_paused && !a->shutting_down)
+			ev |= EPOLLIN;
+		if (out_pending(a))
+			ev |= EPOLLOUT;
+	}
+	if (agent_watch_set(a, &a->port_w, ev) < 0)
+		agent_log("epoll port: %s", strerror(errno));
+}
+
+static void payload_failed(struct agent *a, uint32_t id, enum msg_type t,
+			   const struct decode_error *err)
+{
+	struct msg m = { .gen = PROTO_GEN_SEED };
+	char reason[256];
+
+	agent_log("frame id %u: %s: invalid payload: %s", id,
+		  msg_type_name(t), err->msg);
+	if (t == MSG_EXEC_REQUEST) {
+		m.type = MSG_EXEC_EXITED;
+		m.u.exec_exited.code = -1;
+		agent_send(a, id, &m);
+	} else if (t == MSG_FS_REQUEST) {
+		snprintf(reason, sizeof(reason), "invalid request: %s", err->msg);
+		m.type = MSG_FS_RESPONSE;
+		m.u.fs_response.ok = false;
+		m.u.fs_response.error = reason;
+		agent_send(a, id, &m);
+	}
+}
+
+/* A host must not reuse a live id (SPEC 2.3): refuse the new request. */
+static bool id_reused(struct agent *a, uint32_t id, enum msg_type t)
+{
+	struct msg m = { .gen = PROTO_GEN_SEED };
+
+	if (!session_id_live(a, id) && !fs_id_live(a, id))
+		return false;
+	agent_log("frame id %u: %s for an id still in use: rejected", id,
+		  msg_type_name(t));
+	if (t == MSG_EXEC_REQUEST) {
+		m.type = MSG_EXEC_EXITED;
+		m.u.exec_exited.code = -1;
+	} else {
+		m.type = MSG_FS_RESPONSE;
+		m.u.fs_response.error = "id already in use";
+	}
+	agent_send(a, id, &m);
+	return true;
+}
+
+static void dispatch(struct agent *a, uint32_t id, const struct msg *m)
+{
+	switch (m->type) {
+	case MSG_EXEC_REQUEST:
+		if (!id_reused(a, id, m->type))
+			session_exec(a, id, &m->u.exec_request);
+		break;
+	case MSG_EXEC_STDIN:
+		session_stdin(a, id, m->u.data.data);
+		break;
+	case MSG_EXEC_RESIZE:
+		session_resize(a, id, m->u.exec_resize.rows, m->u.exec_resize.cols);
+		break;
+	case MSG_EXEC_SIGNAL:
+		session_signal(a, id, m->u.exec_signal.signal);
+		break;
+	case MSG_FS_REQUEST:
+		if (!id_reused(a, id, m->type))
+			fs_request(a, id, &m->u.fs_request);
+		break;
+	case MSG_FS_DATA:
+		fs_data(a, id, m->u.data.data);
+		break;
+	default:
+		break;
+	}
+}
+
+static void handle_frame(struct agent *a, const struct frame *f)
+{
+	struct envelope env;
+	struct decode_error err = { { 0 } };
+	struct msg m;
+
+	if (envelope_decode(f->body, f->body_len, &env, &err) < 0) {
+		agent_log("frame id %u: bad envelope: %s", f->id, err.msg);
+		return;
+	}
+	switch (env.type) {
+	case MSG_SHUTDOWN:
+		shutdown_begin(a, "core.shutdown");
+		return;
+	case MSG_EXEC_REQUEST: case MSG_EXEC_STDIN: case MSG_EXEC_RESIZE:
+	case MSG_EXEC_SIGNAL: case MSG_FS_REQUEST: case MSG_FS_DATA:
+		break;
+	case MSG_UNKNOWN:
+		agent_log("frame id %u: unknown type \"%.*s\" skipped", f->id,
+			  (int)(env.type_name.n > 64 ? 64 : env.type_name.n),
+			  (const char *)env.type_name.p);
+		return;
+	default:
+		return;  /* not meant for the guest, or not of this generation */
+	}
+	memset(&m, 0, sizeof(m));
+	if (payload_decode(env.type, PROTO_GEN_SEED, env.payload, &m,
+			   &a->arena, &err) < 0) {
+		payload_failed(a, f->id, env.type, &err);
+		return;
+	}
+	dispatch(a, f->id, &m);
+}
+
+/* Every complete frame in the buffer; a shutdown ends the batch. */
+static void handle_frames(struct agent *a)
+{
+	struct frame f;
+
+	while (!a->shutting_down) {
+		switch (frame_next(&a->in, &f)) {
+		case FRAME_NEED_MORE:
+			return;
+		case FRAME_TOO_LARGE:
+			agent_log("frame too large (len %u): buffered input discarded",
+				  a->in.last_bad_len);
+			break;
+		case FRAME_TOO_SHORT:
+			agent_log("frame too short (len %u): skipped",
+				  a->in.last_bad_len);
+			break;
+		case FRAME_OK:
+			handle_frame(a, &f);
+			arena_reset(&a->arena);
+			break;
+		}
+	}
+}
+
+static void port_read(struct agent *a)
+{
+	size_t room;
+	uint8_t *p = frame_reader_space(&a->in, &room);
+	ssize_t n;
+
+	if (!p || !room)
+		return;  /* cannot happen once every frame is taken out */
+	if (room > FRAME_READ_CHUNK)
+		room = FRAME_READ_CHUNK;
+	n = read(a->port_fd, p, room);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			port_lost(a, errno, "read");
+		return;
+	}
+	if (n == 0) {
+		port_lost(a, 0, "read");
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &a->last_activity);
+	frame_reader_commit(&a->in, n);
+	handle_frames(a);
+}
+
+static void on_port(struct agent *a, struct watch *w, uint32_t events)
+{
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+		port_read(a);
+	if (!a->port_eof && (events & EPOLLOUT))
+		port_flush(a);
+}
+
+static void on_retry(struct agent *a, struct watch *w, uint32_t events)
+{
+	uint64_t ticks;
+
+	if (read(w->fd, &ticks, sizeof(ticks)) < 0)
+		return;
+	if (!a->port_eof || a->shutting_down)
+		return;
+	/* Watch again; a read returning 0 brings us back here. */
+	a->port_eof = false;
+	port_update(a);
+}
+
+/* ---- signals, timers, shutdown ---- */
+
+static void reap_children(struct agent *a)
+{
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+		session_reaped(a, pid, status);
+}
+
+static void on_signal(struct agent *a, struct watch *w, uint32_t events)
+{
+	struct signalfd_siginfo si[8];
+	ssize_t n;
+	size_t i;
+
+	while ((n = read(w->fd, si, sizeof(si))) > 0) {
+		for (i = 0; i < (size_t)n / sizeof(si[0]); i++) {
+			if (si[i].ssi_signo == SIGCHLD)
+				reap_children(a);
+			else
+				shutdown_begin(a, si[i].ssi_signo == SIGTERM ?
+					       "SIGTERM" : "SIGINT");
+		}
+	}
+	/* Coalesced SIGCHLDs: one more sweep costs nothing. */
+	reap_children(a);
+}
+
+static void on_heartbeat(struct agent *a, struct watch *w, uint32_t events)
+{
+	uint64_t ticks;
+
+	if (read(w->fd, &ticks, sizeof(ticks)) < 0)
+		return;
+	heartbeat_write(a);
+}
+
+static void shutdown_begin(struct agent *a, const char *why)
+{
+	if (a->shutting_down)
+		return;
+	agent_log("shutting down (%s)", why);
+	a->shutting_down = true;
+	a->shutdown_phase = 1;
+	fs_abort_all(a);
+	sessions_terminate(a, SIGTERM);
+	sessions_terminate(a, SIGCONT);  /* a stopped child must see it */
+	timer_arm(a->grace_timer_fd, GRACE_MS, 0);
+}
+
+static void on_grace(struct agent *a, struct watch *w, uint32_t events)
+{
+	uint64_t ticks;
+
+	if (read(w->fd, &ticks, sizeof(ticks)) < 0)
+		return;
+	if (a->shutdown_phase == 1) {
+		sessions_terminate(a, SIGKILL);
+		if (a->pid1)
+			kill(-1, SIGKILL);
+		a->shutdown_phase = 2;
+		timer_arm(a->grace_timer_fd, KILL_WAIT_MS, 0);
+	} else {
+		a->shutdown_phase = 3;
+	}
+}
+
+/* Give the last frames (exited of killed sessions) a bounded chance. */
+static void flush_before_exit(struct agent *a)
+{
+	uint64_t end = agent_clock_ns(CLOCK_MONOTONIC) + FLUSH_WAIT_MS * 1000000ull;
+	struct pollfd pfd = { .fd = a->port_fd, .events = POLLOUT };
+
+	while (out_pending(a) && !a->port_eof) {
+		uint64_t now = agent_clock_ns(CLOCK_MONOTONIC);
+
+		if (now >= end)
+			break;
+		if (poll(&pfd, 1, (int)((end - now) / 1000000) + 1) <= 0)
+			break;
+		port_flush(a);
+	}
+}
+
+/* Unmount or remount read-only every real filesystem, last mounted first. */
+static void remount_read_only(void)
+{
+	static const char *const virt[] = { "proc", "sysfs", "devtmpfs",
+		"devpts", "tmpfs", "cgroup", "cgroup2", "mqueue", "debugfs",
+		"securityfs", "pstore", "bpf", "tracefs", "hugetlbfs",
+		"configfs", "fusectl", "ramfs", "rootfs", "binfmt_misc", NULL };
+	char line[1024], dirs[64][256];
+	int n = 0, i, j;
+	FILE *f = fopen("/proc/self/mounts", "re");
+
+	if (f) {
+		while (n < 64 && fgets(line, sizeof(line), f)) {
+			char dev[256], dir[256], type[64];
+			bool skip = false;
+
+			if (sscanf(line, "%255s %255s %63s", dev, dir, type) != 3)
+				continue;
+			for (j = 0; virt[j]; j++)
+				skip |= !strcmp(type, virt[j]);
+			if (!skip && strcmp(dir, "/"))
+				memcpy(dirs[n++], dir, sizeof(dir));
+		}
+		fclose(f);
+	}
+	sync();
+	for (i = n - 1; i >= 0; i--)
+		if (umount2(dirs[i], 0) < 0)
+			mount(NULL, dirs[i], NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	sync();
+}
+
+static void shutdown_finish(struct agent *a)
+{
+	port_flush(a);
+	flush_before_exit(a);
+	if (!a->pid1) {
+		agent_log("exiting");
+		exit(0);
+	}
+	sync();
+	remount_read_only();
+	init_power_off();
+}
+
+static bool shutdown_done(struct agent *a)
+{
+	return a->shutdown_phase >= 3 || !a->sessions;
+}
+
+/* ---- setup ---- */
+
+static void usage(FILE *f)
+{
+	fputs("usage: agentd [--port PATH | --port-fd N] [--init]\n"
+	      "              [--runtime-dir DIR] [--heartbeat-interval SECONDS]\n"
+	      "  --port PATH    character device, or a Unix socket to connect to\n"
+	      "  --port-fd N    an inherited, connected fd (tests, development)\n"
+	      "  --init         do the PID 1 duties even when not PID 1\n"
+	      "  --runtime-dir  runtime directory (default /.msb)\n"
+	      "  --heartbeat-interval  seconds between heartbeats (default 5)\n"
+	      "Without --port/--port-fd the virtio port named \"agent\" is used.\n", f);
+}
+
+static bool parse_uint(const char *s, unsigned max, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || *end || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* 0, 1 to exit with status 0 (--help), -1 on a usage error. */
+static int parse_options(int argc, char **argv, struct agent *a,
+			 struct options *o)
+{
+	unsigned v;
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!strcmp(arg, "--help")) {
+			usage(stdout);
+			return 1;
+		} else if (!strcmp(arg, "--init")) {
+			o->init = true;
+		} else if (!strcmp(arg, "--port") && val) {
+			o->port_path = val;
+			i++;
+		} else if (!strcmp(arg, "--port-fd") && parse_uint(val, 1 << 20, &v)) {
+			o->port_fd = v;
+			i++;
+		} else if (!strcmp(arg, "--runtime-dir") && val) {
+			a->runtime_dir = val;
+			i++;
+		} else if (!strcmp(arg, "--heartbeat-interval") &&
+			   parse_uint(val, 86400, &v) && v > 0) {
+			a->heartbeat_interval = v;
+			i++;
+		} else if (getpid() == 1) {
+			/* The kernel hands init its unknown boot arguments. */
+			continue;
+		} else {
+			fprintf(stderr, "agentd: bad option or value: %s\n", arg);
+			usage(stderr);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Children inherit 0-2: make sure they are open, so no pipe lands there. */
+static void ensure_std_fds(void)
+{
+	int fd;
+
+	for (fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0)
+			continue;
+		if (open("/dev/null", O_RDWR) < 0)
+			return;
+	}
+}
+
+static int set_nonblock_cloexec(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -1;
+	return fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+static int port_connect_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+/* The /dev node of the virtio port named "agent", or -1 (SPEC 1.1). */
+static int port_discover(char *dev, size_t n)
+{
+	DIR *d = opendir("/sys/class/virtio-ports");
+	struct dirent *e;
+	int found = -1;
+
+	if (!d)
+		return -1;
+	while (found < 0 && (e = readdir(d))) {
+		char path[512], name[64];
+		ssize_t len;
+		int fd;
+		size_t s = 0;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name",
+			 e->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		len = read(fd, name, sizeof(name) - 1);
+		close(fd);
+		if (len <= 0)
+			continue;
+		while (len > 0 && (name[len - 1] == '\n' || name[len - 1] == ' ' ||
+				   name[len - 1] == '\t' || name[len - 1] == '\r'))
+			len--;
+		name[len] = 0;
+		while (name[s] == ' ' || name[s] == '\t')
+			s++;
+		if (!strcmp(name + s, PORT_NAME)) {
+			snprintf(dev, n, "/dev/%s", e->d_name);
+			found = 0;
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+static int port_open_virtio(struct agent *a)
+{
+	struct timespec pause_ts = { 0, 100 * 1000000L };
+	char dev[300];
+	int i, fd;
+
+	for (i = 0; i < DISCOVERY_TRIES; i++) {
+		if (port_discover(dev, sizeof(dev)) == 0) {
+			fd = open(dev, O_RDWR | O_CLOEXEC | O_NOCTTY);
+			if (fd >= 0)
+				return fd;
+			agent_log("open %s: %s", dev, strerror(errno));
+		}
+		nanosleep(&pause_ts, NULL);
+	}
+	agent_log("no virtio port named \"" PORT_NAME "\" after 10 s");
+	return -1;
+}
+
+static int port_open(struct agent *a, const struct options *o)
+{
+	struct stat st;
+	int fd;
+
+	if (o->port_fd >= 0) {
+		a->host_mode = true;
+		fd = o->port_fd;
+	} else if (o->port_path) {
+		if (stat(o->port_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+			a->host_mode = true;
+			fd = port_connect_socket(o->port_path);
+		} else {
+			fd = open(o->port_path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+		}
+		if (fd < 0)
+			agent_log("open %s: %s", o->port_path, strerror(errno));
+	} else {
+		fd = port_open_virtio(a);
+	}
+	if (fd < 0)
+		return -1;
+	if (set_nonblock_cloexec(fd) < 0) {
+		agent_log("port fd %d: %s", fd, strerror(errno));
+		return -1;
+	}
+	a->port_fd = fd;
+	return 0;
+}
+
+static int add_timer(struct agent *a, struct watch *w, int *fdp,
+		     void (*handle)(struct agent *, struct watch *, uint32_t))
+{
+	int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	*fdp = fd;
+	w->fd = fd;
+	w->handle = handle;
+	return agent_watch(a, w, EPOLLIN);
+}
+
+static int loop_setup(struct agent *a, const sigset_t *mask)
+{
+	a->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (a->epfd < 0)
+		return -1;
+	a->sig_fd = signalfd(-1, mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (a->sig_fd < 0)
+		return -1;
+	a->sig_w.fd = a->sig_fd;
+	a->sig_w.handle = on_signal;
+	if (agent_watch(a, &a->sig_w, EPOLLIN) < 0)
+		return -1;
+	if (add_timer(a, &a->hb_w, &a->hb_timer_fd, on_heartbeat) < 0 ||
+	    add_timer(a, &a->grace_w, &a->grace_timer_fd, on_grace) < 0 ||
+	    add_timer(a, &a->retry_w, &a->retry_timer_fd, on_retry) < 0)
+		return -1;
+	a->port_w.fd = a->port_fd;
+	a->port_w.handle = on_port;
+	if (frame_reader_init(&a->in) < 0)
+		return -1;
+	arena_init(&a->arena, ARENA_LIMIT);
+	return 0;
+}
+
+static void send_ready(struct agent *a)
+{
+	struct msg m = { .type = MSG_READY, .gen = PROTO_GEN_SEED };
+
+	a->ready_time_ns = agent_clock_ns(CLOCK_BOOTTIME);
+	m.u.ready.boot_time_ns = a->boot_time_ns;
+	m.u.ready.init_time_ns = a->init_time_ns;
+	m.u.ready.ready_time_ns = a->ready_time_ns;
+	if (agent_send(a, 0, &m) < 0)
+		agent_log("encode core.ready failed");
+	port_flush(a);
+}
+
+/* After every batch of events: write, let producers refill, re-arm. */
+static void after_events(struct agent *a)
+{
+	port_flush(a);
+	if (agent_out_room(a)) {
+		session_pump(a);
+		fs_pump(a);
+		port_flush(a);
+	}
+	port_update(a);
+}
+
+static void loop_run(struct agent *a)
+{
+	struct epoll_event evs[64];
+	int n, i;
+
+	for (;;) {
+		if (a->shutting_down && shutdown_done(a))
+			shutdown_finish(a);
+		n = epoll_wait(a->epfd, evs, 64,
+			       a->reading_paused ? STDIN_CHECK_MS : -1);
+		if (n < 0) {
+			if (errno != EINTR)
+				agent_log("epoll_wait: %s", strerror(errno));
+			continue;
+		}
+		a->batch = evs;
+		a->batch_n = n;
+		for (i = 0; i < n; i++) {
+			struct watch *w = evs[i].data.ptr;
+
+			a->batch_next = i + 1;
+			if (w)
+				w->handle(a, w, evs[i].events);
+		}
+		a->batch_n = 0;
+		after_events(a);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static struct agent agent;
+	struct agent *a = &agent;
+	struct options o = { .port_fd = -1 };
+	sigset_t mask;
+	int r;
+
+	a->boot_time_ns = agent_clock_ns(CLOCK_BOOTTIME);
+	a->runtime_dir = "/.msb";
+	a->heartbeat_interval = 5;
+	a->port_fd = a->epfd = a->sig_fd = -1;
+	r = parse_options(argc, argv, a, &o);
+	if (r)
+		return r > 0 ? 0 : 2;
+	a->pid1 = getpid() == 1 || o.init;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (a->pid1) {
+		uint64_t t1 = agent_clock_ns(CLOCK_BOOTTIME);
+
+		init_run(a);
+		a->init_time_ns = agent_clock_ns(CLOCK_BOOTTIME) - t1;
+	} else {
+		/* Orphans of our sessions come back to us, as under PID 1. */
+		prctl(PR_SET_CHILD_SUBREAPER, 1);
+	}
+	ensure_std_fds();
+	if (port_open(a, &o) < 0 || loop_setup(a, &mask) < 0) {
+		if (a->port_fd >= 0)
+			agent_log("setup: %s", strerror(errno));
+		if (getpid() == 1)
+			init_power_off();
+		return 1;
+	}
+	clock_gettime(CLOCK_REALTIME, &a->last_activity);
+	send_ready(a);
+	heartbeat_write(a);
+	timer_arm(a->hb_timer_fd, a->heartbeat_interval * 1000,
+		  a->heartbeat_interval * 1000);
+	port_update(a);
+	loop_run(a);
+	return 0;
+}
