@@ -284,13 +284,165 @@ struct fs_response {
 };
 
 /* ---- generation 7 payloads (SPEC 12.4-12.10) ---- */
-/* G7-STRUCTS: bootstrap, init_resolved, clock_sync, touched, core_error,
- * exec_stdin_error, exec_failed, relay_client_disconnected, tcp_connect,
- * tcp_failed go here (the protocol issue fills them in). */
+/* G7-STRUCTS */
+
+/* core.shutdown: the payload is never decoded; raw keeps its bytes so a
+ * host can re-send them.  Encoding writes raw, or null (g7) when empty. */
+struct shutdown_msg { struct slice raw; };
+
+struct mount_flags { bool readonly, noexec, nosuid, nodev; };
+
+struct dir_mount {
+	const char *tag, *guest_path;
+	struct mount_flags flags;
+};
+
+struct file_mount {
+	const char *tag, *filename, *guest_path;
+	struct mount_flags flags;
+};
+
+struct disk_mount {
+	const char *id, *guest_path;
+	const char *fstype;  /* NULL = probe /proc/filesystems */
+	struct mount_flags flags;
+};
+
+struct tmpfs_mount {
+	const char *path;
+	bool has_size_mib; uint32_t size_mib;
+	bool has_mode; uint32_t mode;
+	struct mount_flags flags;
+};
+
+struct ipv4_config {
+	uint8_t address[4];
+	uint8_t prefix_len;
+	uint8_t gateway[4];
+	bool has_dns; uint8_t dns[4];
+};
+
+struct ipv6_config {
+	uint8_t address[16];
+	uint8_t prefix_len;
+	uint8_t gateway[16];
+	bool has_dns; uint8_t dns[16];
+};
+
+struct net_config {
+	const char *interface;
+	uint8_t mac[6];
+	uint16_t mtu;
+	bool has_ipv4; struct ipv4_config ipv4;
+	bool has_ipv6; struct ipv6_config ipv6;
+};
+
+struct env_var { const char *key, *value; };
+
+struct handoff_init {
+	const char *cmd;  /* absolute path or "auto" */
+	const char **args; size_t nargs;
+	const char *cwd;  /* NULL = absent */
+	struct env_var *env; size_t nenv;
+};
+
+enum block_root_kind { BLOCK_ROOT_DISK_IMAGE, BLOCK_ROOT_OCI_EROFS };
+enum upper_kind { UPPER_DEVICE, UPPER_TMPFS };
+
+/* Internally tagged by "kind"; the enum is the first member on purpose. */
+struct upper_config {
+	enum upper_kind kind;
+	const char *device, *fstype;             /* device */
+	bool has_size_mib; uint32_t size_mib;    /* tmpfs */
+};
+
+struct block_root {
+	enum block_root_kind kind;
+	const char *device;  /* disk-image */
+	const char *fstype;  /* disk-image; NULL = probe */
+	const char *lower;   /* oci-erofs */
+	struct upper_config upper;  /* oci-erofs */
+};
+
+enum security_profile { SECURITY_DEFAULT, SECURITY_RESTRICTED };
+
+struct bootstrap {
+	bool has_block_root; struct block_root block_root;
+	struct dir_mount *dir_mounts; size_t ndir_mounts;
+	struct file_mount *file_mounts; size_t nfile_mounts;
+	struct disk_mount *disk_mounts; size_t ndisk_mounts;
+	struct tmpfs_mount *tmpfs_mounts; size_t ntmpfs_mounts;
+	const char *hostname;     /* NULL = absent */
+	const char *host_alias;   /* NULL = absent */
+	bool has_network; struct net_config network;
+	struct exec_rlimit *rlimits; size_t nrlimits;
+	const char *user;         /* NULL = absent */
+	const char *default_cwd;  /* NULL = absent */
+	struct env_var *default_env; size_t ndefault_env;
+	enum security_profile security_profile;
+	bool has_handoff_init; struct handoff_init handoff_init;
+};
+
+/* SPEC 12.4 validation; 0, or -1 with err->msg saying what is wrong. */
+int bootstrap_validate(const struct bootstrap *b, struct decode_error *err);
+
+/* Linux RLIMIT_* number of a resource name (SPEC 5.6), -1 if unknown.
+ * icase: generation 7 matches names case-insensitively. */
+int rlimit_lookup(const char *name, bool icase);
+
+struct init_resolved { uint32_t uid, gid; };  /* {"default_user": {...}} */
+struct clock_sync { uint64_t unix_time_nanos; };
+struct touched { uint64_t activity_seq; };
+
+enum core_error_kind {
+	CORE_ERR_MALFORMED_MESSAGE,
+	CORE_ERR_UNSUPPORTED_MESSAGE_TYPE,
+	CORE_ERR_UNSUPPORTED_PROTOCOL_GENERATION,
+	CORE_ERR_INVALID_FLAGS,
+	CORE_ERR_INVALID_PAYLOAD,
+	CORE_ERR_INVALID_SESSION,
+};
+
+struct core_error {
+	enum core_error_kind kind;
+	const char *message;
+	const char *offending_type;  /* NULL = omitted */
+};
+
+struct exec_stdin_error {
+	bool has_errno; int32_t errnum;  /* wire name "errno" */
+	const char *errno_name;          /* NULL = null */
+	const char *message;
+};
+
+enum exec_failed_kind {
+	EXEC_FAIL_NOT_FOUND,
+	EXEC_FAIL_PERMISSION_DENIED,
+	EXEC_FAIL_NOT_EXECUTABLE,
+	EXEC_FAIL_BAD_CWD,
+	EXEC_FAIL_BAD_ARGS,
+	EXEC_FAIL_RESOURCE_LIMIT,
+	EXEC_FAIL_USER_SETUP_FAILED,
+	EXEC_FAIL_OUT_OF_MEMORY,
+	EXEC_FAIL_PTY_SETUP_FAILED,
+	EXEC_FAIL_OTHER,
+};
+
+struct exec_failed {
+	enum exec_failed_kind kind;
+	bool has_errno; int32_t errnum;  /* wire name "errno" */
+	const char *errno_name;          /* NULL = null */
+	const char *message;
+	const char *stage;               /* NULL = null */
+};
+
+struct relay_client_disconnected { uint32_t id_start, id_end_exclusive; };
+struct tcp_connect { const char *host; uint16_t port; };
+struct tcp_failed { const char *error; };
 
 struct msg {
 	enum msg_type type;
-	uint8_t gen;  /* schema generation: 1 = seed, 7 = current */
+	uint8_t gen;  /* schema generation: 1 = seed; >= 2 uses the g7 fs schemas */
 	union {
 		struct ready ready;
 		struct exec_request exec_request;
@@ -301,7 +453,19 @@ struct msg {
 		struct exec_signal exec_signal;
 		struct fs_request fs_request;
 		struct fs_response fs_response;
-		/* G7-UNION: generation 7 members go here */
+		/* G7-UNION; init.ack ping pong touch tcp.connected tcp.eof
+		 * tcp.close tcp.closed have empty payloads ({}) */
+		struct shutdown_msg shutdown;
+		struct bootstrap bootstrap;
+		struct init_resolved init_resolved;
+		struct clock_sync clock_sync;
+		struct touched touched;
+		struct core_error core_error;
+		struct exec_stdin_error exec_stdin_error;
+		struct exec_failed exec_failed;
+		struct relay_client_disconnected relay_client_disconnected;
+		struct tcp_connect tcp_connect;
+		struct tcp_failed tcp_failed;
 	} u;
 };
 
@@ -316,6 +480,10 @@ struct envelope {
 /* 0, or -1 with err set.  Trailing bytes after the map are ignored. */
 int envelope_decode(const uint8_t *body, size_t n, struct envelope *env,
 		    struct decode_error *err);
+/* The same, but an indefinite-length or array-of-u8 "p" (or a chunked
+ * "t") is concatenated in a; envelope_decode rejects those forms. */
+int envelope_decode_arena(const uint8_t *body, size_t n, struct envelope *env,
+			  struct arena *a, struct decode_error *err);
 
 /*
  * Decode the payload of a message of type t with the schemas of gen
