@@ -1259,8 +1259,10 @@ static int cmd_exec(struct ctl *x, int argc, char **argv)
 		sprintf(term_kv, "TERM=%s", term);
 		o.env[o.nenv++] = term_kv;
 	}
-	sfd = signals_open();
+	/* Signals are taken over only once the command runs: a Ctrl-C while
+	 * the VM boots simply ends agentctl. */
 	ctl_connect(x);
+	sfd = signals_open();
 	s.id = conn_new_id(&x->conn);
 	exec_send_request(&x->conn, &s, &o);
 	if (!s.forward_stdin)

@@ -1,0 +1,678 @@
+"""Host-mode tests of agentctl: a real agentd on one end of a socketpair
+(--port-fd), agentctl on the other (--fd).  Commands run on this host, so
+paths are the test's temporary directories.
+
+Run with Debian's /usr/bin/python3 -m pytest test/test_agentctl.py.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import pty
+import select
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import termios
+import time
+
+import cbor2
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+AGENTD = os.environ.get("AGENTD", os.path.join(ROOT, "agentd"))
+AGENTCTL = os.environ.get("AGENTCTL", os.path.join(ROOT, "agentctl"))
+
+
+def spawn_agent():
+    """agentd on a socketpair; returns (host socket, agentd process)."""
+    host, guest = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    cmd = [AGENTD, "--port-fd", str(guest.fileno())]
+    wrapper = os.environ.get("AGENTD_WRAPPER")
+    if wrapper:
+        cmd = wrapper.split() + cmd
+    proc = subprocess.Popen(cmd, pass_fds=(guest.fileno(),), stderr=subprocess.DEVNULL)
+    guest.close()
+    return host, proc
+
+
+def ctl_args(sock, *args):
+    return [AGENTCTL, "--fd", str(sock.fileno())] + list(args)
+
+
+def run(*args, input=None, timeout=60, stdin=None):
+    """One agentctl call against a fresh agentd; the agent ends with it."""
+    host, agent = spawn_agent()
+    try:
+        r = subprocess.run(ctl_args(host, *args), pass_fds=(host.fileno(),), input=input,
+                           stdin=stdin if input is None else None,
+                           capture_output=True, timeout=timeout)
+    finally:
+        host.close()
+        stop(agent)
+    return r
+
+
+def stop(agent):
+    try:
+        agent.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# exec: output, exit status
+
+def test_exec_streams_stdout_and_stderr_apart():
+    r = run("exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert r.returncode == 3, r
+    assert r.stdout == b"out\n"
+    assert r.stderr == b"err\n"
+
+
+def test_exec_env_workdir(tmp_path):
+    r = run("exec", "-e", "FOO=bar baz", "-w", str(tmp_path), "--",
+            "sh", "-c", 'printf "%s|%s" "$FOO" "$(pwd)"')
+    assert r.returncode == 0, r
+    assert r.stdout.decode() == "bar baz|%s" % tmp_path
+
+
+def test_exec_env_copies_local_value():
+    host, agent = spawn_agent()
+    try:
+        r = subprocess.run(ctl_args(host, "exec", "-e", "AGENTCTL_T", "--", "sh", "-c",
+                                    'echo "$AGENTCTL_T"'),
+                           pass_fds=(host.fileno(),), capture_output=True, timeout=30,
+                           env=dict(os.environ, AGENTCTL_T="from-host"))
+    finally:
+        host.close()
+        stop(agent)
+    assert r.stdout == b"from-host\n", r
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGUSR1])
+def test_exec_killed_by_signal_is_128_plus_n(sig):
+    r = run("exec", "--", "sh", "-c", "kill -%d $$" % sig)
+    assert r.returncode == 128 + sig, r
+
+
+def test_exec_not_found_is_127():
+    r = run("exec", "--", "/nonexistent/agentctl-test-program")
+    assert r.returncode == 127, r
+    assert b"cannot run" in r.stderr
+    r = run("exec", "--", "agentctl-no-such-command-xyz")
+    assert r.returncode == 127, r
+
+
+def test_exec_not_executable_is_126(tmp_path):
+    f = tmp_path / "data"
+    f.write_bytes(b"not a program\n")
+    f.chmod(0o644)
+    r = run("exec", "--", str(f))
+    assert r.returncode == 126, r
+
+
+def test_exec_bad_workdir_is_126(tmp_path):
+    r = run("exec", "-w", str(tmp_path / "missing"), "--", "true")
+    assert r.returncode == 126, r
+    assert b"working directory" in r.stderr
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_exec_timeout_is_124_and_kills_the_group(tmp_path):
+    pidfile = tmp_path / "bg.pid"
+    r = run("exec", "--timeout", "1s", "--", "sh", "-c",
+            "sleep 300 & echo $! > %s; wait" % pidfile, timeout=30)
+    assert r.returncode == 124, r
+    assert b"timed out" in r.stderr
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid), "background child of the timed-out command survived"
+
+
+def test_usage_errors_are_125():
+    r = subprocess.run([AGENTCTL, "--fd", "0", "exec"], capture_output=True, stdin=subprocess.DEVNULL)
+    assert r.returncode == 125 and b"usage" in r.stderr
+    r = subprocess.run([AGENTCTL, "exec", "--", "true"], capture_output=True)
+    assert r.returncode == 125 and b"no agent port" in r.stderr
+    r = subprocess.run([AGENTCTL, "--fd", "0", "frobnicate"], capture_output=True)
+    assert r.returncode == 125 and b"unknown command" in r.stderr
+    r = subprocess.run([AGENTCTL, "--fd", "99", "exec", "--", "true"], capture_output=True)
+    assert r.returncode == 125
+
+
+def test_transport_errors_are_125():
+    # No agent at all: the port closes before core.ready.
+    host, guest = socket.socketpair()
+    guest.close()
+    r = subprocess.run(ctl_args(host, "exec", "--", "true"), pass_fds=(host.fileno(),),
+                       capture_output=True, timeout=30)
+    host.close()
+    assert r.returncode == 125, r
+    assert b"closed the connection" in r.stderr
+
+    # The agent dies while the command runs.
+    host, agent = spawn_agent()
+    p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo up; sleep 300"),
+                         pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    host.close()
+    assert p.stdout.readline() == b"up\n"
+    agent.kill()
+    agent.wait()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 125, err
+    assert b"connection to the agent lost" in err
+
+
+def test_no_ready_within_timeout_is_125():
+    host, guest = socket.socketpair()
+    r = subprocess.run(ctl_args(host, "--ready-timeout", "300ms", "ready"),
+                       pass_fds=(host.fileno(),), capture_output=True, timeout=30)
+    host.close()
+    guest.close()
+    assert r.returncode == 125 and b"not ready" in r.stderr, r
+
+
+def test_help():
+    r = subprocess.run([AGENTCTL, "--help"], capture_output=True)
+    assert r.returncode == 0 and b"exec" in r.stdout and b"cp" in r.stdout
+    for cmd in ("exec", "cp", "ls", "stat", "mkdir", "rm", "mv", "cat", "ready", "shutdown"):
+        r = subprocess.run([AGENTCTL, cmd, "--help"], capture_output=True)
+        assert r.returncode == 0, cmd
+        assert r.stdout.startswith(b"usage: agentctl " + cmd.encode()), cmd
+    r = subprocess.run([AGENTCTL, "exec", "--help"], capture_output=True)
+    assert b"124" in r.stdout and b"127" in r.stdout
+
+
+# ---------------------------------------------------------------------------
+# exec: stdin
+
+def test_stdin_not_forwarded_without_i():
+    # Even with a pipe that never closes, the remote command reads EOF.
+    rd, wr = os.pipe()
+    try:
+        r = run("exec", "--", "sh", "-c", "cat; echo done", stdin=rd, timeout=30)
+    finally:
+        os.close(rd)
+        os.close(wr)
+    assert r.returncode == 0, r
+    assert r.stdout == b"done\n"
+
+
+def test_stdin_forwarded_with_i():
+    data = os.urandom(5 << 20)
+    r = run("exec", "-i", "--", "sha256sum", input=data, timeout=120)
+    assert r.returncode == 0, r
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_stdout_closed_becomes_sigpipe():
+    host, agent = spawn_agent()
+    try:
+        p = subprocess.Popen(ctl_args(host, "exec", "--", "yes"), pass_fds=(host.fileno(),),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.read(4) == b"y\ny\n"
+        p.stdout.close()
+        p.wait(timeout=30)
+    finally:
+        host.close()
+        stop(agent)
+    assert p.returncode == 128 + signal.SIGPIPE
+
+
+# ---------------------------------------------------------------------------
+# exec: signals from the user
+
+def test_sigint_and_sigterm_are_forwarded():
+    host, agent = spawn_agent()
+    try:
+        p = subprocess.Popen(
+            ctl_args(host, "exec", "--", "sh", "-c",
+                     'trap "echo got-int; exit 7" INT; echo up; '
+                     'while :; do sleep 0.05; done'),
+            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"up\n"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 7, err
+        assert out == b"got-int\n"
+
+        p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo up; sleep 300"),
+                             pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"up\n"
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+        assert p.returncode == 128 + signal.SIGTERM
+    finally:
+        host.close()
+        stop(agent)
+
+
+# ---------------------------------------------------------------------------
+# exec: terminal mode through a pseudo-terminal
+
+class Term:
+    """agentctl running on the slave side of a fresh pty (as its
+    controlling terminal); the test plays the user on the master."""
+
+    def __init__(self, host, args, rows=33, cols=101):
+        self.master, self.slave = pty.openpty()
+        self.set_size(rows, cols)
+        self.before = termios.tcgetattr(self.slave)
+        slave = self.slave
+
+        def ctty():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(ctl_args(host, *args), pass_fds=(host.fileno(),),
+                                     stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True, preexec_fn=ctty,
+                                     env=dict(os.environ, TERM="xterm-test"))
+        self.out = b""
+
+    def set_size(self, rows, cols):
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def write(self, data):
+        os.write(self.master, data)
+
+    def read_until(self, needle, timeout=30):
+        deadline = time.monotonic() + timeout
+        while needle not in self.out:
+            left = deadline - time.monotonic()
+            assert left > 0, "no %r in %r" % (needle, self.out)
+            r, _, _ = select.select([self.master], [], [], min(left, 0.2))
+            if r:
+                try:
+                    self.out += os.read(self.master, 65536)
+                except OSError:
+                    break
+        return self.out
+
+    def close(self):
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            os.close(self.master)
+            os.close(self.slave)
+
+
+def test_tty_mode_size_input_exit_and_terminal_restored():
+    host, agent = spawn_agent()
+    t = Term(host, ["exec", "-t", "--", "sh", "-c",
+                    'stty size; tty; echo "term=$TERM"; read x; echo "got:$x"; exit 5'])
+    try:
+        out = t.read_until(b"term=")
+        assert b"33 101" in out
+        assert b"/dev/pts/" in out
+        t.read_until(b"\n", timeout=5)
+        assert b"term=xterm-test" in t.out
+        t.write(b"hello\n")
+        t.read_until(b"got:hello")
+        assert t.proc.wait(timeout=30) == 5
+        after = termios.tcgetattr(t.slave)
+        assert after == t.before, "local terminal not restored"
+        assert after[3] & termios.ECHO and after[3] & termios.ICANON
+    finally:
+        t.close()
+        host.close()
+        stop(agent)
+
+
+def test_tty_mode_resize_is_forwarded():
+    host, agent = spawn_agent()
+    t = Term(host, ["exec", "-t", "--", "sh", "-c",
+                    'stty size; while read x; do stty size; done'], rows=24, cols=80)
+    try:
+        t.read_until(b"24 80")
+        t.set_size(40, 120)  # the kernel sends SIGWINCH to agentctl
+        deadline = time.monotonic() + 20
+        while b"40 120" not in t.out:
+            assert time.monotonic() < deadline, t.out
+            t.write(b"\n")
+            try:
+                t.read_until(b"40 120", timeout=0.3)
+            except AssertionError:
+                pass
+        t.write(b"\x04")  # ^D ends the loop
+        assert t.proc.wait(timeout=30) == 0
+    finally:
+        t.close()
+        host.close()
+        stop(agent)
+
+
+def test_tty_mode_terminal_restored_when_agent_dies():
+    host, agent = spawn_agent()
+    t = Term(host, ["exec", "-t", "--", "sh", "-c", "echo up; sleep 300"])
+    try:
+        t.read_until(b"up")
+        agent.kill()
+        agent.wait()
+        assert t.proc.wait(timeout=30) == 125
+        assert termios.tcgetattr(t.slave) == t.before
+    finally:
+        t.close()
+        host.close()
+
+
+# ---------------------------------------------------------------------------
+# several clients on one connection (what `microvm --keep` relies on)
+
+def test_second_client_on_the_same_port_needs_no_ready():
+    host, agent = spawn_agent()
+    try:
+        for i in range(3):
+            r = subprocess.run(ctl_args(host, "--ready-timeout", "10s", "exec", "--",
+                                        "echo", "call%d" % i),
+                               pass_fds=(host.fileno(),), capture_output=True, timeout=30)
+            assert r.returncode == 0, r
+            assert r.stdout == b"call%d\n" % i
+        r = subprocess.run(ctl_args(host, "ready"), pass_fds=(host.fileno(),),
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0 and b"earlier client" in r.stdout, r
+    finally:
+        host.close()
+        stop(agent)
+
+
+def test_ready_prints_timings():
+    r = run("ready", "--json")
+    assert r.returncode == 0, r
+    j = json.loads(r.stdout)
+    assert j["ready"] is True
+    assert 0 < j["boot_time_ns"] <= j["ready_time_ns"]
+    r = run("ready")
+    assert r.returncode == 0 and b"agent start to ready" in r.stdout
+
+
+# ---------------------------------------------------------------------------
+# filesystem commands
+
+def test_cp_file_both_ways_keeps_mode(tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(300000))
+    src.chmod(0o751)
+    gdir = tmp_path / "guest"
+    r = run("cp", str(src), ":%s/sub/dst.bin" % gdir)
+    assert r.returncode == 0, r
+    dst = gdir / "sub" / "dst.bin"
+    assert dst.read_bytes() == src.read_bytes()
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o751
+
+    back = tmp_path / "back.bin"
+    r = run("cp", "guest:%s" % dst, str(back))
+    assert r.returncode == 0, r
+    assert back.read_bytes() == src.read_bytes()
+    assert stat.S_IMODE(back.stat().st_mode) == 0o751
+    assert [p.name for p in tmp_path.iterdir() if "agentctl" in p.name] == []
+
+
+def test_cp_into_directories_and_stdio(tmp_path):
+    (tmp_path / "g").mkdir()
+    (tmp_path / "h").mkdir()
+    f = tmp_path / "name.txt"
+    f.write_text("hello\n")
+    assert run("cp", str(f), ":%s/g" % tmp_path).returncode == 0
+    assert (tmp_path / "g" / "name.txt").read_text() == "hello\n"
+    assert run("cp", ":%s/g/name.txt" % tmp_path, str(tmp_path / "h") + "/").returncode == 0
+    assert (tmp_path / "h" / "name.txt").read_text() == "hello\n"
+    r = run("cp", "-", ":%s/g/from-stdin" % tmp_path, input=b"piped\x00bytes")
+    assert r.returncode == 0, r
+    assert (tmp_path / "g" / "from-stdin").read_bytes() == b"piped\x00bytes"
+    r = run("cp", ":%s/g/from-stdin" % tmp_path, "-")
+    assert r.returncode == 0 and r.stdout == b"piped\x00bytes"
+    r = run("cat", "%s/g/name.txt" % tmp_path, "%s/g/from-stdin" % tmp_path)
+    assert r.stdout == b"hello\npiped\x00bytes"
+
+
+def test_cp_errors(tmp_path):
+    r = run("cp", ":%s/missing" % tmp_path, str(tmp_path / "x"))
+    assert r.returncode == 1 and b"missing" in r.stderr
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "d").mkdir()
+    r = run("cp", ":%s/d" % tmp_path, str(tmp_path / "y"))
+    assert r.returncode == 125 and b"use -r" in r.stderr
+    r = run("cp", "a", "b")
+    assert r.returncode == 125 and b"guest path" in r.stderr
+    r = run("cat", str(tmp_path / "missing"))
+    assert r.returncode == 1
+
+
+def make_tree(root):
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "top.txt").write_text("top")
+    (root / "a" / "one").write_bytes(os.urandom(1000))
+    (root / "a" / "b" / "two").write_bytes(b"")
+    (root / "a" / "b" / "c" / "three").write_bytes(os.urandom(70000))
+    (root / "a" / "one").chmod(0o700)
+    (root / "a" / "b" / "c").chmod(0o750)
+
+
+def tree(root):
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out[rel] = ("dir", stat.S_IMODE(os.stat(dirpath).st_mode) if rel != "." else None)
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.join(rel, f)] = (hashlib.sha256(fh.read()).hexdigest(),
+                                             stat.S_IMODE(os.stat(p).st_mode))
+    return out
+
+
+def test_cp_recursive_both_ways(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    r = run("cp", "-r", str(src), ":%s/up" % tmp_path)
+    assert r.returncode == 0, r
+    up = tree(tmp_path / "up")
+    want = tree(src)
+    # Directory modes cannot be set through the seed protocol (Mkdir has
+    # no mode); file contents and modes must match.
+    assert {k: v for k, v in up.items() if v[0] != "dir"} == \
+        {k: v for k, v in want.items() if v[0] != "dir"}
+    assert set(up) == set(want)
+
+    (tmp_path / "down").mkdir()
+    r = run("cp", "-r", ":%s" % src, str(tmp_path / "down"))
+    assert r.returncode == 0, r
+    assert tree(tmp_path / "down" / "src") == want
+
+
+def test_ls_json_and_human(tmp_path):
+    (tmp_path / "f").write_bytes(b"12345")
+    (tmp_path / "f").chmod(0o640)
+    (tmp_path / "d").mkdir()
+    os.symlink("f", tmp_path / "l")
+    r = run("ls", "--json", str(tmp_path))
+    assert r.returncode == 0, r
+    entries = {e["name"]: e for e in json.loads(r.stdout)}
+    assert set(entries) == {"f", "d", "l"}
+    assert entries["f"]["kind"] == "file" and entries["f"]["size"] == 5
+    assert entries["f"]["perm"] == "0640" and entries["f"]["mode"] == 0o100640
+    assert entries["f"]["path"] == "%s/f" % tmp_path
+    assert isinstance(entries["f"]["modified"], int)
+    assert entries["d"]["kind"] == "dir" and entries["l"]["kind"] == "symlink"
+    r = run("ls", str(tmp_path))
+    lines = r.stdout.decode().splitlines()
+    assert [ln.split()[-1] for ln in lines] == ["d", "f", "l"]
+    assert lines[1].startswith("-rw-r----- ")
+    r = run("ls", str(tmp_path / "nope"))
+    assert r.returncode == 1
+
+
+def test_stat_json(tmp_path):
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    r = run("stat", "--json", str(tmp_path / "f"))
+    assert r.returncode == 0, r
+    j = json.loads(r.stdout)
+    assert j["kind"] == "file" and j["size"] == 10 and j["path"] == str(tmp_path / "f")
+    r = run("stat", "--json", str(tmp_path / "f"), str(tmp_path))
+    assert [e["kind"] for e in json.loads(r.stdout)] == ["file", "dir"]
+    r = run("stat", str(tmp_path / "missing"))
+    assert r.returncode == 1 and b"missing" in r.stderr
+
+
+def test_mkdir_mv_rm(tmp_path):
+    assert run("mkdir", str(tmp_path / "x" / "y")).returncode == 0
+    assert (tmp_path / "x" / "y").is_dir()
+    (tmp_path / "x" / "y" / "f").write_text("f")
+    assert run("mv", str(tmp_path / "x" / "y" / "f"), str(tmp_path / "g")).returncode == 0
+    assert (tmp_path / "g").read_text() == "f"
+    assert run("rm", str(tmp_path / "g")).returncode == 0
+    assert not (tmp_path / "g").exists()
+    r = run("rm", str(tmp_path / "x"))
+    assert r.returncode == 1
+    assert run("rm", "-r", str(tmp_path / "x")).returncode == 0
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_cp_100mib_round_trip(tmp_path):
+    src = tmp_path / "big"
+    with open(src, "wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(1 << 20))
+    want = sha256_file(src)
+    r = run("cp", str(src), ":%s/guest-big" % tmp_path, timeout=600)
+    assert r.returncode == 0, r
+    assert sha256_file(tmp_path / "guest-big") == want
+    r = run("cp", ":%s/guest-big" % tmp_path, str(tmp_path / "back"), timeout=600)
+    assert r.returncode == 0, r
+    assert sha256_file(tmp_path / "back") == want
+    # Through stdin and stdout too.
+    with open(src, "rb") as f:
+        r = run("cp", "-", ":%s/guest-big2" % tmp_path, stdin=f, timeout=600)
+    assert r.returncode == 0, r
+    assert sha256_file(tmp_path / "guest-big2") == want
+    host, agent = spawn_agent()
+    try:
+        p = subprocess.Popen(ctl_args(host, "cat", str(tmp_path / "guest-big2")),
+                             pass_fds=(host.fileno(),), stdout=subprocess.PIPE)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: p.stdout.read(1 << 20), b""):
+            h.update(chunk)
+        assert p.wait(timeout=600) == 0
+    finally:
+        host.close()
+        stop(agent)
+    assert h.hexdigest() == want
+
+
+# ---------------------------------------------------------------------------
+# a hostile agent: agentctl stays bounded and fails cleanly
+
+def frame(msg_id, t, payload, flags=0):
+    body = cbor2.dumps({"v": 1, "t": t, "p": cbor2.dumps(payload)})
+    return struct.pack(">IIB", len(body) + 5, msg_id, flags) + body
+
+
+READY = frame(0, "core.ready", {"boot_time_ns": 1, "init_time_ns": 2, "ready_time_ns": 3})
+
+
+@pytest.mark.parametrize("evil,msg", [
+    (struct.pack(">IIB", 0xFFFFFFF0, 1, 0) + b"x" * 100, b"larger than 4 MiB"),
+    (struct.pack(">IIB", 3, 1, 0), b"shorter"),
+    (struct.pack(">IIB", 6, 1, 0) + b"\xff", b"undecodable"),
+])
+def test_hostile_agent_frames(evil, msg):
+    host, fake = socket.socketpair()
+    fake.sendall(READY + evil)
+    r = subprocess.run(ctl_args(host, "exec", "--", "true"), pass_fds=(host.fileno(),),
+                       capture_output=True, timeout=30)
+    host.close()
+    fake.close()
+    assert r.returncode == 125, r
+    assert msg in r.stderr
+
+
+def test_hostile_agent_bad_listing(tmp_path):
+    """Names a guest lists must be single components: no ../ escapes."""
+    host, fake = socket.socketpair()
+    proc = subprocess.Popen(ctl_args(host, "cp", "-r", ":/d", str(tmp_path / "out")),
+                         pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    host.close()
+    fake.sendall(READY)
+    buf = b""
+
+    def next_request():
+        nonlocal buf
+        while True:
+            if len(buf) >= 4:
+                n = struct.unpack(">I", buf[:4])[0]
+                if len(buf) >= 4 + n:
+                    msg_id = struct.unpack(">I", buf[4:8])[0]
+                    env = cbor2.loads(buf[9:4 + n])
+                    buf = buf[4 + n:]
+                    return msg_id, env["t"], cbor2.loads(env["p"])
+            chunk = fake.recv(65536)
+            assert chunk, "agentctl hung up"
+            buf += chunk
+
+    def entry(path, kind):
+        return {"path": path, "kind": kind, "size": 1,
+                "mode": 0o40755 if kind == "dir" else 0o100644, "modified": None}
+
+    def respond(msg_id, data=None):
+        fake.sendall(frame(msg_id, "core.fs.response",
+                           {"ok": True, "error": None, "data": data}, flags=1))
+
+    for _ in range(10):
+        msg_id, t, req = next_request()
+        op, = req["op"]
+        path = req["op"][op]["path"]
+        if op == "Stat":
+            respond(msg_id, {"Stat": entry(path, "dir")})
+        elif op == "List":
+            respond(msg_id, {"List": [entry("/d/../../escape", "file"),
+                                      entry("/elsewhere/x", "file"),
+                                      entry("/d/ok", "file")]})
+        elif op == "Read":
+            assert path == "/d/ok"
+            fake.sendall(frame(msg_id, "core.fs.data", {"data": b"fine"}))
+            respond(msg_id)
+            break
+    out, err = proc.communicate(timeout=30)
+    fake.close()
+    assert proc.returncode == 1, err
+    assert b"bad entry" in err
+    assert (tmp_path / "out" / "ok").read_bytes() == b"fine"
+    assert sorted(os.listdir(tmp_path / "out")) == ["ok"]
+    assert not (tmp_path / "escape").exists()
+
+
+def test_shutdown():
+    host, agent = spawn_agent()
+    try:
+        r = subprocess.run(ctl_args(host, "shutdown", "--timeout", "10s"),
+                           pass_fds=(host.fileno(),), capture_output=True, timeout=30)
+    finally:
+        host.close()
+    stop(agent)
+    assert r.returncode == 0, r
