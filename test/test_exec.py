@@ -1,0 +1,524 @@
+"""Exec sessions (SPEC 5) driven through the real agentd binary."""
+import hashlib
+import os
+import re
+import resource
+import statistics
+import threading
+import time
+
+import pytest
+
+from conftest import SANITIZED
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for user switching")
+MiB = 1 << 20
+
+
+def started_first(res):
+    return res.frames[0] == "core.exec.started"
+
+
+# ---- basics ------------------------------------------------------------------
+
+def test_echo(agent):
+    res = agent.run("echo", "hello", "world")
+    assert res.stdout == b"hello world\n"
+    assert res.stderr == b""
+    assert res.code == 0 and res.signal is None
+    assert started_first(res) and res.frames[-1] == "core.exec.exited"
+    assert res.pid > 0
+
+
+def test_stderr_separate(agent):
+    res = agent.run("sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (res.stdout, res.stderr, res.code) == (b"out\n", b"err\n", 3)
+
+
+@pytest.mark.parametrize("code", [0, 1, 42, 255])
+def test_exit_codes(agent, code):
+    res = agent.run("sh", "-c", "exit %d" % code)
+    assert res.code == code
+    assert "signal" not in res.exited
+
+
+def test_killed_by_sigkill(agent):
+    i = agent.exec_start("sleep", ["100"])
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    agent.signal(i, 9)
+    res = agent.collect(i)
+    assert res.code == -1 and res.signal == 9
+
+
+def test_killed_by_own_signal(agent):
+    res = agent.run("sh", "-c", "kill -TERM $$")
+    assert res.code == -1 and res.signal == 15
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_command_not_found(agent, tty):
+    res = agent.run("no-such-command-agentd-test", tty=tty)
+    assert res.code == -1
+    assert res.frames == ["core.exec.exited"]  # no started
+
+
+def test_not_executable(agent, tmp_path):
+    f = tmp_path / "plain"
+    f.write_text("#!/bin/sh\necho hi\n")
+    res = agent.run(str(f))
+    assert res.code == -1 and res.frames == ["core.exec.exited"]
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_bad_cwd(agent, tty):
+    res = agent.run("true", cwd="/nonexistent-agentd-dir", tty=tty)
+    assert res.code == -1 and res.frames == ["core.exec.exited"]
+
+
+def test_cwd(agent, tmp_path):
+    res = agent.run("pwd", cwd=str(tmp_path))
+    assert res.stdout == str(tmp_path).encode() + b"\n"
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_unknown_user(agent, tty):
+    res = agent.run("true", user="no_such_user_agentd", tty=tty)
+    assert res.code == -1 and res.frames == ["core.exec.exited"]
+
+
+@pytest.mark.parametrize("spec", ["", " ", ":", "nobody:", "nobody:no_such_group_agentd"])
+def test_bad_user_specs(agent, spec):
+    res = agent.run("id", "-u", user=spec)
+    if spec.strip() == "":
+        assert res.code == 0  # blank = no user switch
+    else:
+        assert res.code == -1 and res.frames == ["core.exec.exited"]
+
+
+# ---- user, env, PATH --------------------------------------------------------
+
+@ROOT_ONLY
+def test_user_by_name_sets_ids_groups_and_home(agent):
+    res = agent.run("sh", "-c", "id -u; id -g; id -G; echo $HOME", user="nobody")
+    assert res.code == 0, res
+    uid, gid, groups, home = res.stdout.decode().split("\n")[:4]
+    assert (uid, gid) == ("65534", "65534")
+    assert "0" not in groups.split()
+    assert home == "/nonexistent"
+
+
+@ROOT_ONLY
+def test_user_numeric_and_group(agent):
+    res = agent.run("sh", "-c", "id -u; id -g; id -G", user=" 4321 : 99 ")
+    assert res.code == 0, res
+    assert res.stdout.decode().split() == ["4321", "99", "99"]
+
+
+@ROOT_ONLY
+def test_home_from_request_env_wins(agent):
+    res = agent.run("sh", "-c", "echo $HOME", user="nobody", env=["HOME=/custom"])
+    assert res.stdout == b"/custom\n"
+
+
+@ROOT_ONLY
+def test_msb_user_default(spawn_agent):
+    env = dict(os.environ, MSB_USER="nobody")
+    a = spawn_agent(env=env)
+    assert a.run("id", "-u").stdout == b"65534\n"
+    # an explicit user wins over MSB_USER
+    assert a.run("id", "-u", user="0").stdout == b"0\n"
+
+
+def test_env_overlay_and_path_rule(spawn_agent, runtime_dir):
+    env = dict(os.environ, PATH="/usr/bin:/bin", AGENT_VAR="agent")
+    a = spawn_agent(env=env)
+    scripts = str(runtime_dir / "scripts")
+    res = a.run("sh", "-c", 'echo "$FOO|$AGENT_VAR|$PATH|$NOEQ"',
+                env=["FOO=one", "FOO=two", "NOEQ", "AGENT_VAR=over=ridden"])
+    assert res.stdout.decode() == "two|over=ridden|%s:/usr/bin:/bin|\n" % scripts
+    # a PATH in the request gets the scripts dir prepended
+    res = a.run("sh", "-c", 'echo "$PATH"', env=["PATH=/bin:/usr/bin"])
+    assert res.stdout.decode() == "%s:/bin:/usr/bin\n" % scripts
+
+
+def test_default_path_when_agent_has_none(spawn_agent, runtime_dir):
+    env = {k: v for k, v in os.environ.items() if k != "PATH"}
+    a = spawn_agent(env=env)
+    res = a.run("/bin/sh", "-c", 'echo "$PATH"')
+    assert res.stdout.decode() == "%s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" % (
+        runtime_dir / "scripts")
+
+
+def test_scripts_dir_program_lookup(agent, runtime_dir):
+    script = runtime_dir / "scripts" / "hello-agentd"
+    script.write_text("#!/bin/sh\necho from-scripts \"$@\"\n")
+    script.chmod(0o755)
+    res = agent.run("hello-agentd", "x")
+    assert res.stdout == b"from-scripts x\n" and res.code == 0
+
+
+# ---- rlimits ------------------------------------------------------------------
+
+RLIMITS = {
+    # name: (/proc/self/limits row, soft, hard)
+    "cpu": ("Max cpu time", 1000, 2000),
+    "fsize": ("Max file size", 1 << 30, 1 << 31),
+    "data": ("Max data size", 1 << 33, 1 << 34),
+    "stack": ("Max stack size", 4 * MiB, 16 * MiB),
+    "core": ("Max core file size", 0, 1 << 20),
+    "rss": ("Max resident set", 1 << 30, 1 << 31),
+    "nproc": ("Max processes", 5000, 6000),
+    "nofile": ("Max open files", 100, 200),
+    "memlock": ("Max locked memory", 1 << 16, 1 << 17),
+    "as": ("Max address space", 1 << 34, 1 << 35),
+    "locks": ("Max file locks", 300, 400),
+    "sigpending": ("Max pending signals", 500, 600),
+    "msgqueue": ("Max msgqueue size", 8192, 16384),
+    "nice": ("Max nice priority", 5, 10),
+    "rtprio": ("Max realtime priority", 1, 2),
+    "rttime": ("Max realtime timeout", 100000, 200000),
+}
+
+
+RLIMIT_NUMBERS = ["cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile",
+                  "memlock", "as", "locks", "sigpending", "msgqueue", "nice",
+                  "rtprio", "rttime"]  # SPEC 5.6
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("name", sorted(RLIMITS))
+def test_rlimit_applied(agent, name):
+    row, soft, hard = RLIMITS[name]
+    # Without CAP_SYS_RESOURCE a hard limit cannot be raised: stay below
+    # the agent's own (inherited) limits.
+    _, cur_hard = resource.getrlimit(RLIMIT_NUMBERS.index(name))
+    if cur_hard != resource.RLIM_INFINITY:
+        hard = min(hard, cur_hard)
+        soft = min(soft, hard)
+    res = agent.run("cat", "/proc/self/limits", rlimits=[(name, soft, hard)])
+    assert res.code == 0, res
+    line = [l for l in res.stdout.decode().splitlines() if l.startswith(row)]
+    assert len(line) == 1, res.stdout
+    fields = line[0][len(row):].split()
+    assert (int(fields[0]), int(fields[1])) == (soft, hard)
+
+
+def test_rlimit_unlimited_and_unknown_name(agent):
+    inf = (1 << 64) - 1
+    res = agent.run("cat", "/proc/self/limits",
+                    rlimits=[("no_such_limit", 1, 1), ("core", inf, inf)])
+    assert res.code == 0, res
+    assert re.search(r"Max core file size\s+unlimited\s+unlimited", res.stdout.decode())
+
+
+def test_rlimit_failure_is_spawn_failure(agent):
+    res = agent.run("true", rlimits=[("nofile", 200, 100)])  # soft > hard
+    assert res.code == -1 and res.frames == ["core.exec.exited"]
+
+
+# ---- stdin ----------------------------------------------------------------------
+
+def send_stdin_chunks(agent, i, data, chunk=MiB, eof=True):
+    for off in range(0, len(data), chunk):
+        agent.stdin(i, data[off:off + chunk])
+    if eof:
+        agent.stdin(i, b"")
+
+
+def test_stdin_16mib_through_sha256sum(agent):
+    data = os.urandom(16 * MiB)
+    i = agent.exec_start("sh", ["-c", "cat | sha256sum"])
+    send_stdin_chunks(agent, i, data)
+    res = agent.collect(i)
+    assert res.code == 0
+    assert res.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_stdin_echoed_back_by_cat(agent):
+    # Both directions at once: the host writes from a thread while reading.
+    data = os.urandom(12 * MiB + 12345)
+    i = agent.exec_start("cat")
+    t = threading.Thread(target=send_stdin_chunks, args=(agent, i, data, 300000))
+    t.start()
+    res = agent.collect(i, timeout=120)
+    t.join()
+    assert res.code == 0 and res.stdout == data
+
+
+def test_stdin_eof(agent):
+    assert agent.run("cat", stdin=b"").stdout == b""
+    res = agent.run("sh", "-c", "read x; echo got:$x; cat; echo end", stdin=b"line1\nrest")
+    assert res.stdout == b"got:line1\nrestend\n"
+
+
+def test_stdin_after_eof_dropped_and_before_started(agent):
+    i = agent.new_id()
+    # stdin may arrive right behind the request, before started is seen
+    agent.send_raw(b"".join([]))
+    agent.exec_start("cat", msg_id=i)
+    agent.stdin(i, b"abc")
+    agent.stdin(i, b"")
+    agent.stdin(i, b"dropped")
+    res = agent.collect(i)
+    assert res.stdout == b"abc" and res.code == 0
+
+
+def test_stdin_to_exited_child_is_harmless(agent):
+    i = agent.exec_start("sh", ["-c", "exec 0<&-; sleep 0.2; echo done"])
+    agent.stdin(i, b"x" * 300000)
+    res = agent.collect(i)
+    assert res.stdout == b"done\n" and res.code == 0
+    assert agent.run("echo", "ok").stdout == b"ok\n"
+
+
+@pytest.mark.slow
+def test_child_never_reading_stdin_stalls_nothing(agent):
+    """9 MiB queued for a child that never reads: the port pauses, the agent
+    gives up on that stdin after 5 s, the other session and shutdown go on."""
+    stuck = agent.exec_start("sleep", ["100"])
+    assert agent.recv(msg_id=stuck).t == "core.exec.started"
+    t = threading.Thread(target=send_stdin_chunks,
+                         args=(agent, stuck, b"z" * (9 * MiB), MiB, False))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive()
+    assert agent.run("echo", "alive", timeout=30).stdout == b"alive\n"
+    agent.shutdown()
+    res = agent.collect(stuck, timeout=10)
+    assert res.signal == 15
+    assert agent.proc.wait(timeout=10) == 0
+
+
+# ---- output -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_stdout_256mib_checksum(agent, tmp_path, figures):
+    size = 256 * MiB
+    src = tmp_path / "big"
+    h = hashlib.sha256()
+    with open(src, "wb") as f:
+        for _ in range(size // (4 * MiB)):
+            block = os.urandom(4 * MiB)
+            h.update(block)
+            f.write(block)
+    got = hashlib.sha256()
+    count = [0]
+
+    def sink(b):
+        got.update(b)
+        count[0] += len(b)
+
+    t0 = time.monotonic()
+    i = agent.exec_start("cat", [str(src)])
+    res = agent.collect(i, timeout=600, sink=sink)
+    dt = time.monotonic() - t0
+    assert res.code == 0
+    assert count[0] == size and got.hexdigest() == h.hexdigest()
+    figures.record("exec stdout 256 MiB through the socketpair", size / dt / 1e6, "MB/s")
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_tail_then_exit_loses_nothing(agent, tty):
+    script = "head -c 200000 /dev/zero | tr '\\0' x; printf END"
+    for _ in range(10 if not SANITIZED else 3):
+        res = agent.run("sh", "-c", script, tty=tty)
+        assert res.code == 0
+        assert res.stdout == b"x" * 200000 + b"END"
+
+
+def test_many_small_writes_then_exit(agent):
+    res = agent.run("sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo $i; i=$((i+1)); done")
+    assert res.stdout == b"".join(b"%d\n" % i for i in range(2000))
+
+
+def read_status(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_slow_host_bounded_memory_no_loss(agent, tmp_path, figures):
+    size = 64 * MiB
+    src = tmp_path / "data"
+    data = os.urandom(size)
+    src.write_bytes(data)
+    pid = agent.proc.pid
+    before = read_status(pid, "VmHWM")
+    i = agent.exec_start("cat", [str(src)])
+    time.sleep(3)  # the host reads nothing meanwhile
+    stalled = read_status(pid, "VmHWM")
+    res = agent.collect(i, timeout=300)
+    after = read_status(pid, "VmHWM")
+    assert res.code == 0 and res.stdout == data
+    # The agent holds at most its output bound (plus one frame) whatever
+    # the child writes: far below the 64 MiB the child produced.
+    assert stalled - before < 16 * 1024, (before, stalled)
+    assert after - before < 24 * 1024, (before, after)
+    if not SANITIZED:
+        figures.record("agent peak RSS (VmHWM) in the slow-reader test", after, "kB")
+
+
+def read_until(agent, i, needle, timeout=10):
+    """stdout of session i up to needle (frames of other types fail)."""
+    out = b""
+    while needle not in out:
+        f = agent.recv(msg_id=i, timeout=timeout)
+        assert f.t == "core.exec.stdout", f
+        out += f.p["data"]
+    return out
+
+
+# ---- PTY ------------------------------------------------------------------------
+
+def test_pty_output(agent):
+    res = agent.run("sh", "-c", "echo hi; echo err >&2", tty=True)
+    assert res.code == 0
+    assert res.stdout == b"hi\r\nerr\r\n"
+    assert "core.exec.stderr" not in res.frames
+
+
+def test_pty_tty_path(agent):
+    res = agent.run("tty", tty=True)
+    assert res.code == 0
+    assert res.stdout.startswith(b"/dev/pts/"), res
+
+
+def test_pty_initial_size_and_resize(agent):
+    i = agent.exec_start("sh", ["-c", "stty size; read x; stty size"], tty=True, rows=33, cols=77)
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    first = read_until(agent, i, b"\n")
+    assert first == b"33 77\r\n"
+    agent.resize(i, 50, 132)
+    agent.stdin(i, b"go\r")
+    res = agent.collect(i)
+    assert res.code == 0
+    assert res.stdout.rstrip().endswith(b"50 132")
+
+
+def test_pty_ctrl_c_kills_foreground_job(agent):
+    i = agent.exec_start("sleep", ["100"], tty=True)
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    agent.stdin(i, b"\x03")
+    res = agent.collect(i, timeout=10)
+    assert res.code == -1 and res.signal == 2
+
+
+def test_pty_eof_ignored_ctrl_d_ends_input(agent):
+    i = agent.exec_start("cat", tty=True)
+    agent.stdin(i, b"")       # ignored: the terminal stays open
+    agent.stdin(i, b"abc\r")
+    agent.stdin(i, b"\x04")   # ^D at line start: EOF for cat
+    res = agent.collect(i, timeout=10)
+    assert res.code == 0
+    assert res.stdout.count(b"abc") == 2  # echo + cat
+
+
+# ---- process hygiene ------------------------------------------------------------
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_child_gets_only_fds_0_1_2(agent, tty):
+    # A live PTY session must not leak its master into later children.
+    other = agent.exec_start("sleep", ["100"], tty=True)
+    assert agent.recv(msg_id=other).t == "core.exec.started"
+    res = agent.run("ls", "-l", "/proc/self/fd", tty=tty)
+    assert res.code == 0
+    fds = sorted(int(m) for m in re.findall(rb"\s(\d+) ->", res.stdout))
+    # ls itself has the directory it lists open as the next free fd
+    assert fds == [0, 1, 2, 3], res.stdout
+    assert re.search(rb"\s3 -> /proc/\d+/fd", res.stdout)
+    agent.signal(other, 9)
+    assert agent.collect(other).signal == 9
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_child_signal_mask_and_dispositions_clean(agent, tty):
+    res = agent.run("grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status", tty=tty)
+    lines = res.stdout.decode().split()
+    assert lines == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"], res
+
+
+def test_child_is_session_leader(agent):
+    res = agent.run("sh", "-c", "cut -d' ' -f6,8 /proc/$$/stat; echo $$")
+    sid, _ = res.stdout.decode().split("\n")[0].split()
+    assert sid == res.stdout.decode().split("\n")[1]
+
+
+def test_signal_goes_to_process_group(agent):
+    i = agent.exec_start("sh", ["-c", "sleep 100 & exec sleep 100"])
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    time.sleep(0.2)
+    agent.signal(i, 15)
+    # exited needs stdout EOF, which needs the background sleep dead too
+    res = agent.collect(i, timeout=10)
+    assert res.code == -1 and res.signal == 15
+
+
+def test_signal_out_of_range_ignored(agent):
+    i = agent.exec_start("sleep", ["100"])
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    for sig in (0, -1, 32, 64, 1000):
+        agent.signal(i, sig)
+    assert agent.run("true").code == 0  # the agent still serves
+    agent.signal(i, 9)
+    assert agent.collect(i).signal == 9
+
+
+def test_background_holder_keeps_session_until_it_closes(agent):
+    res = agent.run("sh", "-c", "(sleep 0.5; echo late) & echo early")
+    assert res.stdout == b"early\nlate\n" and res.code == 0
+
+
+# ---- concurrency, zombies, fds -------------------------------------------------
+
+def test_200_concurrent_sessions(agent):
+    ids = {}
+    for n in range(200):
+        ids[agent.exec_start("sh", ["-c", "echo %d; sleep 0.3; exit %d" % (n, n % 256)])] = n
+    for i, n in ids.items():
+        res = agent.collect(i, timeout=120)
+        assert res.code == n % 256 and res.stdout == b"%d\n" % n
+
+
+def agent_children_zombies(pid):
+    zombies = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] == "Z":
+            zombies += 1
+    return zombies
+
+
+@pytest.mark.slow
+def test_2000_sequential_no_zombies_no_fd_growth(agent):
+    pid = agent.proc.pid
+    for _ in range(20):
+        assert agent.run("true").code == 0
+    fds_before = sorted(os.listdir("/proc/%d/fd" % pid))
+    for _ in range(2000):
+        assert agent.run("true").code == 0
+    # orphaned grandchildren are reaped too
+    agent.run("sh", "-c", "sleep 0.1 >/dev/null 2>&1 </dev/null &")
+    time.sleep(0.5)
+    assert agent_children_zombies(pid) == 0
+    assert sorted(os.listdir("/proc/%d/fd" % pid)) == fds_before
+
+
+def test_round_trip_true(agent, figures):
+    times = []
+    for _ in range(200 if not SANITIZED else 20):
+        t0 = time.monotonic()
+        res = agent.run("true")
+        times.append(time.monotonic() - t0)
+        assert res.code == 0
+    if not SANITIZED:
+        figures.record("median round trip of `true` (request to exited, 200 runs)",
+                       statistics.median(times) * 1000, "ms")
