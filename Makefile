@@ -68,9 +68,9 @@ check: unit integration vmtest fuzz
 FUZZ_TARGETS = fuzz/fuzz-frames fuzz/fuzz-payload fuzz/fuzz-initcfg
 FUZZ_FLAGS = $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
-fuzz/fuzz-frames: fuzz/fuzz_frames.c protocol.c protocol.h
+fuzz/fuzz-frames: fuzz/fuzz_frames.c fuzz/fuzz_common.h protocol.c protocol.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_frames.c protocol.c
-fuzz/fuzz-payload: fuzz/fuzz_payload.c protocol.c protocol.h
+fuzz/fuzz-payload: fuzz/fuzz_payload.c fuzz/fuzz_common.h protocol.c protocol.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_payload.c protocol.c
 fuzz/fuzz-initcfg: fuzz/fuzz_initcfg.c initcfg.c initcfg.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_initcfg.c initcfg.c
