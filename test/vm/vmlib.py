@@ -171,10 +171,16 @@ class VM:
             # write (nested virtualisation on the CI machines), so KVM is
             # only used when asked for: accel="kvm" or VM_ACCEL=kvm.
             accel = os.environ.get("VM_ACCEL", "tcg")
-        words = ["console=ttyS0", "reboot=t", "panic=-1", "quiet"]
+        words = ["console=ttyS0", "reboot=t", "panic=-1"]
+        if not os.environ.get("VM_VERBOSE"):
+            words.append("quiet")
         khz = tsc_khz()
         if khz and accel == "tcg":
-            words.append("tsc_early_khz=%d" % khz)
+            # tsc_early_khz: the guest cannot calibrate its TSC under TCG.
+            # tsc=reliable: no clocksource watchdog; on a loaded host it
+            # marks the TSC unstable, and microvm has no other timer, so
+            # every sleep in the guest then hangs.
+            words += ["tsc_early_khz=%d" % khz, "tsc=reliable"]
         if self.runtime_dir is None:
             words.append("agentd.runtime=none")
         if self.cmdline:
