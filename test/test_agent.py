@@ -1,0 +1,318 @@
+"""The agent as a whole: ready, bad input, heartbeat, shutdown, options."""
+import glob
+import json
+import os
+import random
+import re
+import struct
+import subprocess
+import time
+
+import cbor2
+import pytest
+
+from agentclient import AGENTD, Agent, encode_frame
+from conftest import SANITIZED
+
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
+
+
+def vector(name):
+    with open(os.path.join(VECTORS, name + ".json")) as f:
+        return json.load(f)
+
+
+def still_serving(agent):
+    res = agent.run("echo", "still-here", timeout=20)
+    assert res.code == 0 and res.stdout == b"still-here\n"
+
+
+# ---- ready -------------------------------------------------------------------
+
+def test_ready_first_with_boot_times(agent):
+    r = agent.ready
+    assert (r.id, r.flags, r.v) == (0, 0, 1)
+    assert list(r.p) == ["boot_time_ns", "init_time_ns", "ready_time_ns"]
+    assert r.p["init_time_ns"] == 0  # not PID 1: no init duties
+    assert 0 < r.p["boot_time_ns"] <= r.p["ready_time_ns"]
+    with open("/proc/uptime") as f:
+        uptime_ns = float(f.read().split()[0]) * 1e9
+    # CLOCK_BOOTTIME: seconds since boot, not since the process started
+    assert r.p["ready_time_ns"] > uptime_ns / 2
+
+
+# ---- bad input -----------------------------------------------------------------
+
+INVALID = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(VECTORS, "invalid-*.json")))
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_invalid_vector_keeps_serving(agent, name):
+    v = vector(name)
+    agent.send_raw(bytes.fromhex(v["frame_hex"]))
+    if v["expect"] == "frame_too_large":
+        # The agent drops all it buffered; let it see the bad prefix alone.
+        time.sleep(0.3)
+    elif v["expect"] == "payload_error" and v["type"] == "core.exec.request":
+        f = agent.recv(msg_id=v["id"], timeout=10)
+        assert f.t == "core.exec.exited" and f.p == {"code": -1}
+    elif v["expect"] == "payload_error" and v["type"] == "core.fs.request":
+        f = agent.recv(msg_id=v["id"], timeout=10)
+        assert f.t == "core.fs.response" and f.p["ok"] is False
+        assert f.p["error"].startswith("invalid request: ")
+    still_serving(agent)
+    assert agent.pending == []  # nothing else was answered
+
+
+def test_framed_garbage_between_valid_frames(agent):
+    rng = random.Random(1234)
+    for n in range(200):
+        body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 200)))
+        agent.send_raw(struct.pack(">IIB", len(body) + 5, rng.randrange(1 << 32),
+                                   rng.randrange(256)) + body)
+        if n % 20 == 0:
+            still_serving(agent)
+    still_serving(agent)
+
+
+def test_unframed_garbage_then_resync(agent):
+    rng = random.Random(99)
+    for _ in range(30):
+        junk = bytes([rng.randrange(1, 256)]) + os.urandom(rng.randrange(8, 4000))
+        agent.send_raw(junk)  # a length prefix > 4 MiB: input discarded
+        time.sleep(0.05)
+        still_serving(agent)
+
+
+def test_unknown_type_and_wrong_direction_skipped(agent):
+    agent.send(5, "core.no.such.type", {"x": 1})
+    agent.send(6, "core.exec.stdout", {"data": b"to the guest?"})
+    agent.send(7, "core.exec.stdin", {"data": b"no such session"})
+    agent.send(8, "core.exec.signal", {"signal": 9})
+    agent.send(9, "core.exec.resize", {"rows": 1, "cols": 1})
+    still_serving(agent)
+    assert agent.pending == []
+
+
+def test_noncanonical_request_accepted(agent):
+    v = vector("seed-exec-request-pipe-minimal")
+    agent.send_raw(bytes.fromhex(v["frame_hex"]))
+    res = agent.collect(v["id"])
+    assert res.exited is not None
+
+
+def test_live_id_reuse_rejected_without_touching_session(agent):
+    i = agent.exec_start("sh", ["-c", "read x; echo got $x"])
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    agent.exec_start("echo", ["intruder"], msg_id=i)
+    f = agent.recv(msg_id=i)
+    assert f.t == "core.exec.exited" and f.p == {"code": -1}
+    agent.stdin(i, b"line\n")
+    res = agent.collect(i)
+    assert res.stdout == b"got line\n" and res.code == 0
+    # the id is free again once the exchange ended
+    assert agent.run("echo", "reuse", msg_id=i).stdout == b"reuse\n"
+
+
+def test_exec_payload_error_answers_exited(agent):
+    agent.send(41, "core.exec.request", {"cmd": 42})
+    f = agent.recv(msg_id=41)
+    assert f.t == "core.exec.exited" and f.flags == 1 and f.p == {"code": -1}
+
+
+def test_fs_payload_error_answers_invalid_request(agent):
+    agent.send(42, "core.fs.request", {"op": {"NoSuchOp": {}}})
+    f = agent.recv(msg_id=42)
+    assert f.t == "core.fs.response" and f.flags == 1
+    assert f.p["ok"] is False and f.p["error"].startswith("invalid request: ")
+
+
+def test_maximal_frame_then_next_in_same_write(agent):
+    # A legal maximal stdin frame followed at once by another frame (SPEC 1.5).
+    i = agent.exec_start("sh", ["-c", "wc -c"])
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    overhead = len(encode_frame(i, "core.exec.stdin", {"data": b""}))
+    n = 4194308 - overhead
+    big = encode_frame(i, "core.exec.stdin", {"data": b"a" * n})
+    n -= len(big) - 4194308  # longer CBOR heads for the big strings
+    big = encode_frame(i, "core.exec.stdin", {"data": b"a" * n})
+    assert len(big) == 4194308
+    agent.send_raw(big + encode_frame(i, "core.exec.stdin", {"data": b""}))
+    res = agent.collect(i)
+    assert res.stdout.strip() == str(n).encode()
+
+
+# ---- port end ------------------------------------------------------------------
+
+def test_host_mode_eof_terminates_sessions_and_exits_0(spawn_agent):
+    a = spawn_agent()
+    i = a.exec_start("sh", ["-c", "echo $$; exec sleep 100"])
+    pid = int(a.recv(msg_id=i).p["pid"])
+    a.sock.close()
+    assert a.proc.wait(timeout=10) == 0
+    deadline = time.monotonic() + 5
+    while os.path.exists("/proc/%d" % pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def test_unix_socket_port(tmp_path):
+    path = str(tmp_path / "port.sock")
+    import socket
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    proc = subprocess.Popen([AGENTD, "--port", path, "--runtime-dir", str(tmp_path / "none")])
+    try:
+        srv.settimeout(10)
+        conn, _ = srv.accept()
+        a = Agent(conn, proc)
+        assert a.recv(timeout=10).t == "core.ready"
+        assert a.run("echo", "sock").stdout == b"sock\n"
+        assert a.close() == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        srv.close()
+
+
+# ---- shutdown ------------------------------------------------------------------
+
+def test_shutdown_ends_sessions_within_grace(spawn_agent):
+    a = spawn_agent()
+    polite = a.exec_start("sleep", ["100"])
+    stubborn = a.exec_start("sh", ["-c", "trap '' TERM; echo ready; sleep 100"])
+    assert a.recv(msg_id=polite).t == "core.exec.started"
+    assert a.recv(msg_id=stubborn).t == "core.exec.started"
+    assert a.recv(msg_id=stubborn).p["data"] == b"ready\n"
+    t0 = time.monotonic()
+    a.shutdown()
+    assert a.collect(polite, timeout=5).signal == 15
+    assert a.collect(stubborn, timeout=5).signal == 9
+    assert a.proc.wait(timeout=5) == 0
+    # informative only; the grace is 500 ms, then SIGKILL
+    print("shutdown took %.3f s" % (time.monotonic() - t0))
+
+
+def test_shutdown_skips_frames_after_it(spawn_agent):
+    a = spawn_agent()
+    a.send_raw(encode_frame(0, "core.shutdown", None, raw_payload=b"\xf6") +
+               encode_frame(5, "core.exec.request", {"cmd": "echo"}))
+    assert a.proc.wait(timeout=5) == 0
+    with pytest.raises(EOFError):
+        while True:
+            f = a.recv(timeout=5)
+            assert f.id != 5
+
+
+def test_sigterm_to_agent_shuts_down(spawn_agent):
+    a = spawn_agent()
+    i = a.exec_start("sleep", ["100"])
+    assert a.recv(msg_id=i).t == "core.exec.started"
+    a.proc.terminate()
+    assert a.collect(i, timeout=5).signal == 15
+    assert a.proc.wait(timeout=5) == 0
+
+
+# ---- heartbeat -----------------------------------------------------------------
+
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z"
+TEMPLATE = '{\n  "timestamp": "%s",\n  "active_sessions": %d,\n  "last_activity": "%s"\n}'
+
+
+def check_timestamp(ts):
+    assert re.fullmatch(TS, ts), ts
+    frac = ts[20:-1]
+    # the shortest of 0/3/6/9 digits that is exact (SPEC 8)
+    assert not frac.endswith("000"), ts
+
+
+def read_heartbeat(path, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                return f.read()
+        time.sleep(0.05)
+    raise AssertionError("no heartbeat at %s" % path)
+
+
+def test_heartbeat_template_matches_vector():
+    with open(os.path.join(VECTORS, "heartbeat", "seed-heartbeat.json")) as f:
+        want = f.read()
+    doc = json.loads(want)
+    assert TEMPLATE % (doc["timestamp"], doc["active_sessions"], doc["last_activity"]) == want
+
+
+def test_heartbeat_content(spawn_agent, runtime_dir):
+    a = spawn_agent(heartbeat_interval=1)
+    hb = str(runtime_dir / "heartbeat.json")
+    first = read_heartbeat(hb)  # written right after ready
+    doc = json.loads(first)
+    assert list(doc) == ["timestamp", "active_sessions", "last_activity"]
+    assert first == TEMPLATE % (doc["timestamp"], doc["active_sessions"], doc["last_activity"])
+    check_timestamp(doc["timestamp"])
+    check_timestamp(doc["last_activity"])
+    assert doc["active_sessions"] == 0
+    i = a.exec_start("sleep", ["100"])
+    assert a.recv(msg_id=i).t == "core.exec.started"
+    time.sleep(2.2)
+    doc2 = json.loads(read_heartbeat(hb))
+    assert doc2["active_sessions"] == 1
+    assert doc2["timestamp"] > doc["timestamp"]
+    assert doc2["last_activity"] > doc["last_activity"]  # the request was read
+    assert not os.path.exists(str(runtime_dir / "heartbeat.tmp"))
+    a.signal(i, 9)
+    a.collect(i)
+
+
+def test_heartbeat_symlink_safety(spawn_agent, runtime_dir, tmp_path):
+    victim_tmp = tmp_path / "victim-tmp"
+    victim_json = tmp_path / "victim-json"
+    victim_link = runtime_dir / "victim-hardlink"
+    for v in (victim_tmp, victim_json, victim_link):
+        v.write_text("precious")
+    os.symlink(str(victim_tmp), str(runtime_dir / "heartbeat.tmp"))
+    os.symlink(str(victim_json), str(runtime_dir / "heartbeat.json"))
+    a = spawn_agent(heartbeat_interval=1)
+    hb = runtime_dir / "heartbeat.json"
+    deadline = time.monotonic() + 5
+    while hb.is_symlink() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not hb.is_symlink()
+    json.loads(hb.read_text())
+    # now a hard link to a file on the share planted as the temp file
+    os.link(str(victim_link), str(runtime_dir / "heartbeat.tmp"))
+    time.sleep(2.5)
+    for v in (victim_tmp, victim_json, victim_link):
+        assert v.read_text() == "precious"
+    json.loads(hb.read_text())
+    assert a.run("true").code == 0
+
+
+def test_no_heartbeat_without_runtime_dir(spawn_agent, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    a = spawn_agent(runtime_dir=str(missing), heartbeat_interval=1)
+    time.sleep(1.5)
+    assert not missing.exists()
+    assert a.run("true").code == 0
+
+
+# ---- options, size -------------------------------------------------------------
+
+def test_help_and_bad_options():
+    out = subprocess.run([AGENTD, "--help"], capture_output=True, timeout=10)
+    assert out.returncode == 0 and b"--port-fd" in out.stdout
+    for bad in (["--bogus"], ["--port-fd"], ["--port-fd", "x"],
+                ["--heartbeat-interval", "0"], ["--heartbeat-interval", "-1"]):
+        out = subprocess.run([AGENTD] + bad, capture_output=True, timeout=10)
+        assert out.returncode == 2, bad
+
+
+def test_binary_size(figures):
+    if SANITIZED:
+        pytest.skip("size of the sanitizer build is meaningless")
+    size = os.path.getsize(AGENTD)
+    figures.record("agentd static binary size", size, "bytes")
+    assert subprocess.run(["file", AGENTD], capture_output=True).stdout.find(b"statically linked") >= 0
