@@ -535,30 +535,44 @@ static void flush_before_exit(struct agent *a)
 	}
 }
 
-/* Unmount or remount read-only every real filesystem, last mounted first. */
-static void remount_read_only(void)
+static bool fs_is_virtual(const char *type)
 {
 	static const char *const virt[] = { "proc", "sysfs", "devtmpfs",
 		"devpts", "tmpfs", "cgroup", "cgroup2", "mqueue", "debugfs",
 		"securityfs", "pstore", "bpf", "tracefs", "hugetlbfs",
 		"configfs", "fusectl", "ramfs", "rootfs", "binfmt_misc", NULL };
-	char line[1024], dirs[64][256];
-	int n = 0, i, j;
-	FILE *f = fopen("/proc/self/mounts", "re");
+	int i;
 
-	if (f) {
-		while (n < 64 && fgets(line, sizeof(line), f)) {
-			char dev[256], dir[256], type[64];
-			bool skip = false;
+	for (i = 0; virt[i]; i++)
+		if (!strcmp(type, virt[i]))
+			return true;
+	return false;
+}
 
-			if (sscanf(line, "%255s %255s %63s", dev, dir, type) != 3)
-				continue;
-			for (j = 0; virt[j]; j++)
-				skip |= !strcmp(type, virt[j]);
-			if (!skip && strcmp(dir, "/"))
-				memcpy(dirs[n++], dir, sizeof(dir));
-		}
-		fclose(f);
+/* Unmount or remount read-only every real filesystem, last mounted first. */
+static void remount_read_only(void)
+{
+	char buf[16384], *dirs[128], *line, *next;
+	int fd = open("/proc/self/mounts", O_RDONLY | O_CLOEXEC), n = 0, i;
+	ssize_t len = 0, r;
+
+	while (fd >= 0 && len < (ssize_t)sizeof(buf) - 1 &&
+	       (r = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+		len += r;
+	if (fd >= 0)
+		close(fd);
+	buf[len] = 0;
+	for (line = buf; line && *line && n < 128; line = next) {
+		char *dev, *dir, *type;
+
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = 0;
+		dev = strsep(&line, " ");
+		dir = strsep(&line, " ");
+		type = strsep(&line, " ");
+		if (dev && dir && type && !fs_is_virtual(type) && strcmp(dir, "/"))
+			dirs[n++] = dir;
 	}
 	sync();
 	for (i = n - 1; i >= 0; i--)

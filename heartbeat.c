@@ -18,31 +18,48 @@
 
 #include "agent.h"
 
+/* Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
+ * civil_from_days); spares the agent gmtime and its time zone code. */
+static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
+{
+	int64_t era;
+	unsigned doe, yoe, doy, mp;
+
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = (unsigned)(z - era * 146097);
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*d = doy - (153 * mp + 2) / 5 + 1;
+	*m = mp < 10 ? mp + 3 : mp - 9;
+	*y = (int64_t)yoe + era * 400 + (*m <= 2);
+}
+
 size_t heartbeat_format_time(char *buf, size_t n, const struct timespec *ts)
 {
 	char frac[12] = "";
-	struct tm tm;
-	time_t t = ts->tv_sec;
+	int64_t t = ts->tv_sec, days = t / 86400, secs = t % 86400, year;
 	unsigned ns = ts->tv_nsec > 0 && ts->tv_nsec < 1000000000 ? ts->tv_nsec : 0;
+	unsigned mon, mday;
 	int len;
 
 	if (!n)
 		return 0;
-	if (!gmtime_r(&t, &tm)) {
-		buf[0] = 0;
-		return 0;
+	if (secs < 0) {
+		secs += 86400;
+		days--;
 	}
-	if (ns == 0)
-		frac[0] = 0;
-	else if (ns % 1000000 == 0)
+	civil_from_days(days, &year, &mon, &mday);
+	if (ns % 1000000 == 0 && ns)
 		snprintf(frac, sizeof(frac), ".%03u", ns / 1000000);
-	else if (ns % 1000 == 0)
+	else if (ns % 1000 == 0 && ns)
 		snprintf(frac, sizeof(frac), ".%06u", ns / 1000);
-	else
+	else if (ns)
 		snprintf(frac, sizeof(frac), ".%09u", ns);
-	len = snprintf(buf, n, "%04d-%02d-%02dT%02d:%02d:%02d%sZ",
-		       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-		       tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+	len = snprintf(buf, n, "%04lld-%02u-%02uT%02u:%02u:%02u%sZ",
+		       (long long)year, mon, mday, (unsigned)(secs / 3600),
+		       (unsigned)(secs / 60 % 60), (unsigned)(secs % 60), frac);
 	if (len < 0)
 		return 0;
 	return (size_t)len < n ? (size_t)len : n - 1;
