@@ -1,0 +1,705 @@
+#!/usr/bin/python3
+"""bench.py - measure agentd, side by side with microsandbox's own agent.
+
+    make bench            our agent only (host mode, VM mode, raw port)
+    make bench PEER=1     also fetch and measure the peer (bench/fetch-peer)
+
+One run, one machine.  Prints one table (metric, ours, peer, ours/peer,
+fraction of the raw port), writes bench/results/latest.json and the bar
+chart bench/results/ratios.svg.  See bench/README.md for what each figure
+means.  Nothing here asserts a timing; it only measures.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "test"))
+sys.path.insert(0, os.path.join(ROOT, "test", "vm"))
+sys.path.insert(0, HERE)
+
+import agentclient  # noqa: E402
+import g7host  # noqa: E402
+import svgchart  # noqa: E402
+import vmlib  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+STDIN_CHUNK = 64 * 1024     # one pipe buffer per core.exec.stdin frame
+FS_CHUNK = 1 * MiB          # core.fs.data chunk of the host-mode write
+RAW_BS = 64 * 1024          # dd block size of the raw-port baseline
+
+# Modules our agent loads by default (init.c); the helper /init of the
+# peer and of the raw-port baseline loads the same set so every VM has the
+# same devices.
+MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "virtio_blk",
+	   "virtio_net", "virtio_rng", "fuse", "virtiofs"]
+
+
+def log(msg):
+	print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Workloads: each takes a connected agentclient.Agent (ours or the peer).
+
+def exec_rtt(a, n):
+	"""Seconds per round trip of `true` (request -> started -> exited)."""
+	out = []
+	for _ in range(n):
+		t = time.perf_counter()
+		r = a.run("true")
+		out.append(time.perf_counter() - t)
+		if r.code != 0:
+			raise RuntimeError("true exited %r" % r.code)
+	return out
+
+
+def stdout_throughput(a, nbytes):
+	"""Bytes/s of `head -c nbytes /dev/zero` through core.exec.stdout."""
+	got = [0]
+
+	def sink(data):
+		got[0] += len(data)
+	t = time.perf_counter()
+	mid = a.exec_start("head", ["-c", str(nbytes), "/dev/zero"])
+	r = a.collect(mid, timeout=600, sink=sink)
+	dt = time.perf_counter() - t
+	if r.code != 0 or got[0] != nbytes:
+		raise RuntimeError("stdout: code %r, %d of %d bytes" % (r.code, got[0], nbytes))
+	return nbytes / dt
+
+
+def stdin_throughput(a, nbytes):
+	"""Bytes/s of nbytes fed to `wc -c` in STDIN_CHUNK frames, until exit."""
+	block = b"\0" * STDIN_CHUNK
+	t = time.perf_counter()
+	mid = a.exec_start("wc", ["-c"])
+	left = nbytes
+	while left > 0:
+		n = min(left, STDIN_CHUNK)
+		a.stdin(mid, block if n == STDIN_CHUNK else block[:n])
+		left -= n
+	a.stdin(mid, b"")
+	r = a.collect(mid, timeout=600)
+	dt = time.perf_counter() - t
+	if r.code != 0 or int(r.stdout.split()[0]) != nbytes:
+		raise RuntimeError("stdin: code %r, wc says %r" % (r.code, r.stdout))
+	return nbytes / dt
+
+
+def fs_write(a, path, nbytes):
+	"""Bytes/s of a seed-protocol Write stream (SPEC 6.4)."""
+	block = b"\xa5" * FS_CHUNK
+	t = time.perf_counter()
+	mid = a.new_id()
+	a.send(mid, "core.fs.request", {"op": {"Write": {"path": path, "mode": None}}})
+	left = nbytes
+	while left > 0:
+		n = min(left, FS_CHUNK)
+		a.send(mid, "core.fs.data", {"data": block if n == FS_CHUNK else block[:n]})
+		left -= n
+	a.send(mid, "core.fs.data", {"data": b""})
+	f = a.recv(timeout=600, msg_id=mid)
+	dt = time.perf_counter() - t
+	if f.t != "core.fs.response" or not f.p.get("ok"):
+		raise RuntimeError("fs write: %r" % f)
+	return nbytes / dt
+
+
+def fs_read(a, path, nbytes):
+	"""Bytes/s of a seed-protocol Read stream (SPEC 6.3)."""
+	t = time.perf_counter()
+	mid = a.new_id()
+	a.send(mid, "core.fs.request", {"op": {"Read": {"path": path}}})
+	got = 0
+	while True:
+		f = a.recv(timeout=600, msg_id=mid)
+		if f.t == "core.fs.data":
+			got += len(f.p["data"])
+			continue
+		break
+	dt = time.perf_counter() - t
+	if f.t != "core.fs.response" or not f.p.get("ok") or got != nbytes:
+		raise RuntimeError("fs read: %d of %d bytes, %r" % (got, nbytes, f))
+	return nbytes / dt
+
+
+def concurrent_sessions(a, n):
+	"""Wall seconds for n `cat` sessions that are all alive at once: start
+	them all, wait until every one has started, then feed each its own
+	line and collect every echo."""
+	t = time.perf_counter()
+	ids = [a.exec_start("cat") for _ in range(n)]
+	for mid in ids:
+		f = a.recv(timeout=120, msg_id=mid)
+		if f.t != "core.exec.started":
+			raise RuntimeError("session %d: %r" % (mid, f))
+	for mid in ids:
+		a.stdin(mid, b"session %d\n" % mid)
+		a.stdin(mid, b"")
+	for mid in ids:
+		r = a.collect(mid, timeout=120)
+		if r.code != 0 or r.stdout != b"session %d\n" % mid:
+			raise RuntimeError("session %d: %r" % (mid, r))
+	return time.perf_counter() - t
+
+
+def guest_status(a):
+	"""VmRSS and VmHWM (kB) of the guest's PID 1, via an exec of cat."""
+	r = a.run("cat", "/proc/1/status")
+	return parse_status(r.stdout.decode())
+
+
+def parse_status(text):
+	out = {}
+	for line in text.splitlines():
+		k, _, v = line.partition(":")
+		if k in ("VmRSS", "VmHWM"):
+			out[k] = int(v.split()[0])
+	return out
+
+
+def host_status(pid):
+	with open("/proc/%d/status" % pid) as f:
+		return parse_status(f.read())
+
+
+# ---------------------------------------------------------------------------
+# Host mode: our agent as a process over a socketpair.
+
+def host_mode(agentd, o):
+	agentclient.AGENTD = agentd
+	res = {}
+	scratch = tempfile.mkdtemp(prefix="agentd-bench-",
+				   dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+	try:
+		def fresh(name, fn):
+			"""Each workload gets a fresh agent so VmHWM is its own peak."""
+			log("host: %s" % name)
+			a = agentclient.Agent.spawn("--runtime-dir", scratch,
+						    stderr=subprocess.DEVNULL)
+			try:
+				cpu0 = time.process_time()
+				v = fn(a)
+				cpu = time.process_time() - cpu0
+				st = host_status(a.proc.pid)
+				a.shutdown()
+			finally:
+				a.close()
+			return v, st["VmHWM"], cpu
+
+		rtt, hwm, _ = fresh("exec rtt", lambda a: exec_rtt(a, o.host_execs))
+		res["exec_rtt_median_s"] = statistics.median(rtt)
+		res["exec_rtt_p99_s"] = percentile(rtt, 99)
+		res["exec_rtt_n"] = len(rtt)
+		res["exec_rtt_hwm_kb"] = hwm
+		for key, name, fn in (
+			("stdout", "stdout %d MiB" % (o.host_stdout // MiB),
+			 lambda a: stdout_throughput(a, o.host_stdout)),
+			("stdin", "stdin %d MiB" % (o.host_stdin // MiB),
+			 lambda a: stdin_throughput(a, o.host_stdin)),
+		):
+			bps, hwm, cpu = fresh(name, fn)
+			res[key + "_Bps"], res[key + "_hwm_kb"] = bps, hwm
+			res[key + "_client_cpu_s"] = cpu
+		res["stdout_bytes"], res["stdin_bytes"] = o.host_stdout, o.host_stdin
+
+		path = os.path.join(scratch, "fsbench.bin")
+		try:
+			bps, hwm, cpu = fresh("fs write %d MiB" % (o.host_fs // MiB),
+					      lambda a: fs_write(a, path, o.host_fs))
+			res["fs_write_Bps"], res["fs_write_hwm_kb"] = bps, hwm
+			res["fs_write_client_cpu_s"] = cpu
+			bps, hwm, cpu = fresh("fs read %d MiB" % (o.host_fs // MiB),
+					      lambda a: fs_read(a, path, o.host_fs))
+			res["fs_read_Bps"], res["fs_read_hwm_kb"] = bps, hwm
+			res["fs_read_client_cpu_s"] = cpu
+			res["fs_bytes"] = o.host_fs
+		except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
+			res["fs_note"] = "fs skipped: %s" % e
+			log(res["fs_note"])
+		finally:
+			if os.path.exists(path):
+				os.unlink(path)
+
+		wall, hwm, _ = fresh("%d concurrent sessions" % o.sessions,
+				     lambda a: concurrent_sessions(a, o.sessions))
+		res["sessions"], res["sessions_wall_s"] = o.sessions, wall
+		res["sessions_hwm_kb"] = hwm
+	finally:
+		shutil.rmtree(scratch, ignore_errors=True)
+	return res
+
+
+# ---------------------------------------------------------------------------
+# VM mode: the same kernel and initramfs contents, only /init differs.
+
+def module_load_order(kver, names):
+	"""Relative .ko paths of names and their dependencies, deps first."""
+	kdir = "/lib/modules/%s" % kver
+	deps = {}
+	with open(os.path.join(kdir, "modules.dep")) as f:
+		for line in f:
+			if ":" in line:
+				path, rest = line.split(":", 1)
+				deps[path] = rest.split()
+	by_name = {os.path.basename(p).split(".ko")[0].replace("-", "_"): p for p in deps}
+	order = []
+
+	def visit(p):
+		for d in deps.get(p, []):
+			visit(d)
+		if p not in order:
+			order.append(p)
+	for n in names:
+		if n in by_name:
+			visit(by_name[n])
+	return order
+
+
+def kernel_version():
+	return sorted(os.listdir("/lib/modules"))[-1]
+
+
+HELPER_HEAD = """#!/bin/busybox sh
+# Generated by bench/bench.py.  The peer (and the raw-port baseline) do
+# not load kernel modules: load the ones our agent loads, in dependency
+# order, and wait for the port named "agent" to appear.
+PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t sysfs sysfs /sys
+M=/lib/modules/$(uname -r)
+for m in %(modules)s; do
+	insmod $M/$m || echo "helper: insmod $m failed"
+done
+PORT=
+i=0
+while [ -z "$PORT" ] && [ $i -lt 500 ]; do
+	for d in /sys/class/virtio-ports/*; do
+		[ "$(cat $d/name 2>/dev/null)" = agent ] && PORT=${d##*/}
+	done
+	[ -z "$PORT" ] && usleep 10000
+	i=$((i+1))
+done
+"""
+
+EXEC_TAIL = """umount /sys
+exec %(agent)s
+"""
+
+# The raw-port baseline: open the port, tell the host ("S"), swallow
+# IN bytes, say "R", write OUT bytes of zeros, wait for the host's "D",
+# power off.  The host times both transfers.
+RAW_TAIL = """mount -t devtmpfs devtmpfs /dev
+exec 3<>/dev/$PORT
+printf S >&3
+head -c %(inbytes)d <&3 >/dev/null
+printf R >&3
+dd if=/dev/zero bs=%(bs)d count=%(count)d 2>/dev/null >&3
+head -c 1 <&3 >/dev/null
+poweroff -f
+"""
+
+
+def write_script(path, text):
+	with open(path, "w") as f:
+		f.write(text)
+	os.chmod(path, 0o755)
+	return path
+
+
+class Images:
+	"""The initramfs images: identical contents except /init."""
+
+	def __init__(self, o, agentd, peer, work):
+		kver = kernel_version()
+		mods = " ".join(module_load_order(kver, MODULES))
+		head = HELPER_HEAD % {"modules": mods}
+		self.work = work
+		s_peer = write_script(os.path.join(work, "peer-init"),
+				      head + EXEC_TAIL % {"agent": "/bin/peer-agentd"})
+		s_ours = write_script(os.path.join(work, "ours-init"),
+				      head + EXEC_TAIL % {"agent": "/sbin/agentd"})
+		s_raw = write_script(os.path.join(work, "raw-init"), head + RAW_TAIL % {
+			"inbytes": o.vm_stdin, "bs": RAW_BS, "count": o.vm_stdout // RAW_BS})
+		common = ["%s=/sbin/agentd" % agentd, "%s=/bin/peer-init" % s_peer,
+			  "%s=/bin/ours-init" % s_ours, "%s=/bin/raw-init" % s_raw]
+		if peer:
+			common.append("%s=/bin/peer-agentd" % peer)
+		self.paths = {}
+		for kind, init in (("ours", agentd), ("peer", s_peer),
+				   ("ours-helper", s_ours), ("raw", s_raw)):
+			if kind in ("peer", "ours-helper") and not peer:
+				continue
+			out = os.path.join(work, "%s.cpio.gz" % kind)
+			vmlib.build_initrd(out, init=init, add=common, modules=MODULES)
+			self.paths[kind] = out
+
+
+def accept(vm, timeout):
+	"""QEMU's connection to the agent socket (the host listens first)."""
+	vm.listener.settimeout(timeout)
+	conn, _ = vm.listener.accept()
+	conn.settimeout(None)
+	return conn
+
+
+def boot(kind, images, timeout=180):
+	"""Start a VM of the given kind; return (vm, agent) once ready."""
+	rt = tempfile.mkdtemp(prefix="agentd-bench-rt-")
+	vm = vmlib.VM(images.paths[kind], runtime_dir=rt)
+	vm.bench_rt = rt
+	vm.start()
+	try:
+		if kind == "peer":
+			a = g7host.G7Agent(accept(vm, timeout))
+			vm.agent = a
+			a.send_bootstrap()
+			a.boot(timeout=timeout, sent=True)
+			vm.ready_wall_s = time.monotonic() - vm.t_start
+			vm.ready = a.ready
+		else:
+			a = vm.connect(timeout=timeout)
+	except BaseException:
+		log("boot of %s failed; console:\n%s" % (kind, vm.console()[-3000:]))
+		stop(vm)
+		raise
+	return vm, a
+
+
+def stop(vm, agent=None):
+	if agent is not None:
+		try:
+			agent.shutdown()
+		except OSError:
+			pass
+		vm.wait_exit(10)
+	vm.kill()
+	shutil.rmtree(vm.bench_rt, ignore_errors=True)
+
+
+def ready_times(vm):
+	p = vm.ready.p
+	return {"boot_time_ns": p["boot_time_ns"], "init_time_ns": p["init_time_ns"],
+		"ready_time_ns": p["ready_time_ns"],
+		"start_to_ready_s": (p["ready_time_ns"] - p["boot_time_ns"]) / 1e9,
+		"wall_to_ready_s": vm.ready_wall_s}
+
+
+def vm_agent_run(kind, images, o):
+	"""One boot: ready timings, exec RTT, stdout and stdin throughput, RSS."""
+	vm, a = boot(kind, images)
+	try:
+		r = ready_times(vm)
+		r["exec_rtt_median_s"] = statistics.median(exec_rtt(a, o.vm_execs))
+		r["stdout_Bps"] = stdout_throughput(a, o.vm_stdout)
+		r["stdin_Bps"] = stdin_throughput(a, o.vm_stdin)
+		r.update(guest_status(a))
+	except BaseException:
+		log("%s run failed; console:\n%s" % (kind, vm.console()[-3000:]))
+		stop(vm)
+		raise
+	stop(vm, a)
+	return r
+
+
+def vm_ready_only(kind, images):
+	vm, a = boot(kind, images)
+	r = ready_times(vm)
+	stop(vm, a)
+	return r
+
+
+def vm_raw_port(images, o, timeout=180):
+	"""Bytes/s the bare port carries, host->guest and guest->host."""
+	rt = tempfile.mkdtemp(prefix="agentd-bench-rt-")
+	vm = vmlib.VM(images.paths["raw"], runtime_dir=rt)
+	vm.bench_rt = rt
+	vm.start()
+	try:
+		s = accept(vm, timeout)
+		s.settimeout(timeout)
+		if s.recv(1) != b"S":
+			raise RuntimeError("raw port: no start marker")
+		t = time.perf_counter()
+		s.sendall(b"\0" * o.vm_stdin)
+		if s.recv(1) != b"R":
+			raise RuntimeError("raw port: no read marker")
+		t_in = time.perf_counter() - t
+		t = time.perf_counter()
+		want = (o.vm_stdout // RAW_BS) * RAW_BS
+		got = 0
+		while got < want:
+			chunk = s.recv(1 << 20)
+			if not chunk:
+				raise RuntimeError("raw port: EOF after %d bytes" % got)
+			got += len(chunk)
+		t_out = time.perf_counter() - t
+		s.sendall(b"D")
+		vm.wait_exit(10)
+		s.close()
+		return {"h2g_Bps": o.vm_stdin / t_in, "g2h_Bps": want / t_out}
+	except BaseException:
+		log("raw port run failed; console:\n%s" % vm.console()[-3000:])
+		raise
+	finally:
+		stop(vm)
+
+
+def vm_mode(agentd, peer, o):
+	work = tempfile.mkdtemp(prefix="agentd-bench-img-")
+	try:
+		images = Images(o, agentd, peer, work)
+		runs = {"ours": [], "peer": [], "raw": [], "ours-helper": []}
+		for i in range(o.boots):
+			# A B A B ...: ours then the peer, then the bare port.
+			log("vm round %d/%d: ours" % (i + 1, o.boots))
+			runs["ours"].append(vm_agent_run("ours", images, o))
+			if peer:
+				log("vm round %d/%d: peer" % (i + 1, o.boots))
+				runs["peer"].append(vm_agent_run("peer", images, o))
+			log("vm round %d/%d: raw port" % (i + 1, o.boots))
+			runs["raw"].append(vm_raw_port(images, o))
+			if peer and o.helper_boots > i:
+				log("vm round %d/%d: ours behind the peer's helper /init"
+				    % (i + 1, o.boots))
+				runs["ours-helper"].append(vm_ready_only("ours-helper", images))
+		return runs
+	finally:
+		shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Report
+
+def percentile(xs, p):
+	s = sorted(xs)
+	k = (len(s) - 1) * p / 100.0
+	lo = int(k)
+	hi = min(lo + 1, len(s) - 1)
+	return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def med(runs, key):
+	vals = [r[key] for r in runs if key in r]
+	return statistics.median(vals) if vals else None
+
+
+# (key, label, unit, scale, better, target ratio, raw-port key)
+# better: "low" = smaller is better (target is a maximum ratio),
+#         "high" = larger is better (target is a minimum ratio).
+VM_ROWS = [
+	("start_to_ready_s", "VM agent start to ready", "ms", 1e3, "low", 0.5, None),
+	("wall_to_ready_s", "VM host wall time to ready", "s", 1, "low", None, None),
+	("exec_rtt_median_s", "VM exec RTT `true` (median of 100)", "ms", 1e3, "low", 0.7, None),
+	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", 1.0, "g2h_Bps"),
+	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", 1.0, "h2g_Bps"),
+	("VmRSS", "VM agent VmRSS after run", "kB", 1, "low", 0.25, None),
+	("VmHWM", "VM agent VmHWM after run", "kB", 1, "low", 0.25, None),
+]
+
+
+def build_table(host, vm, sizes, o):
+	rows = []
+
+	def row(label, unit, ours, peer=None, better=None, target=None, raw=None,
+		scale=1.0):
+		r = {"metric": label, "unit": unit,
+		     "ours": None if ours is None else ours * scale,
+		     "peer": None if peer is None else peer * scale,
+		     "better": better, "target": target}
+		if ours is not None and peer:
+			r["ratio"] = ours / peer
+			if target is not None:
+				r["meets_target"] = (r["ratio"] <= target if better == "low"
+						     else r["ratio"] >= target)
+		if raw and ours is not None:
+			r["raw_port"] = raw * scale
+			r["ours_of_raw"] = ours / raw
+			if peer:
+				r["peer_of_raw"] = peer / raw
+		rows.append(r)
+
+	row("binary size", "bytes", sizes["ours"], sizes.get("peer"), "low", 0.05)
+	if vm:
+		ours, peer, raw = vm["ours"], vm["peer"], vm["raw"]
+		for key, label, unit, scale, better, target, rawkey in VM_ROWS:
+			row(label, unit, med(ours, key), med(peer, key), better, target,
+			    med(raw, rawkey) if rawkey else None, scale)
+		if vm.get("ours-helper"):
+			row("VM start to ready, both behind the helper /init", "ms",
+			    med(vm["ours-helper"], "start_to_ready_s"),
+			    med(peer, "start_to_ready_s"), "low", 0.5, None, 1e3)
+			row("VM wall time to ready, both behind the helper /init", "s",
+			    med(vm["ours-helper"], "wall_to_ready_s"),
+			    med(peer, "wall_to_ready_s"), "low", None, None, 1)
+		row("VM raw port guest->host", "MB/s", med(raw, "g2h_Bps"), scale=1e-6)
+		row("VM raw port host->guest", "MB/s", med(raw, "h2g_Bps"), scale=1e-6)
+	if host:
+		row("host exec RTT `true` median (n=%d)" % host["exec_rtt_n"], "ms",
+		    host["exec_rtt_median_s"], scale=1e3)
+		row("host exec RTT `true` p99", "ms", host["exec_rtt_p99_s"], scale=1e3)
+		row("host stdout %d MiB" % (host["stdout_bytes"] // MiB), "MB/s",
+		    host["stdout_Bps"], scale=1e-6)
+		row("host stdin %d MiB" % (host["stdin_bytes"] // MiB), "MB/s",
+		    host["stdin_Bps"], scale=1e-6)
+		if "fs_write_Bps" in host:
+			row("host fs write %d MiB" % (host["fs_bytes"] // MiB), "MB/s",
+			    host["fs_write_Bps"], scale=1e-6)
+			row("host fs read %d MiB" % (host["fs_bytes"] // MiB), "MB/s",
+			    host["fs_read_Bps"], scale=1e-6)
+		row("host %d concurrent sessions, wall" % host["sessions"], "s",
+		    host["sessions_wall_s"])
+		for key, name in (("exec_rtt", "exec RTT"), ("stdout", "stdout"),
+				  ("stdin", "stdin"), ("fs_write", "fs write"),
+				  ("fs_read", "fs read"), ("sessions", "sessions")):
+			if key + "_hwm_kb" in host:
+				row("host agent VmHWM, %s" % name, "kB", host[key + "_hwm_kb"])
+	return rows
+
+
+def fmt(v, unit):
+	if v is None:
+		return "-"
+	if unit == "bytes" or unit == "kB":
+		return "{:,}".format(int(round(v)))
+	if abs(v) >= 100:
+		return "%.0f" % v
+	if abs(v) >= 10:
+		return "%.1f" % v
+	return "%.2f" % v
+
+
+def print_table(rows, out=sys.stdout):
+	hdr = ("metric", "unit", "ours", "peer", "ours/peer", "target", "of raw port")
+	lines = []
+	for r in rows:
+		ratio = "%.3f" % r["ratio"] if "ratio" in r else "-"
+		if "meets_target" in r:
+			ratio += " ok" if r["meets_target"] else " MISS"
+		target = "-"
+		if r.get("target") is not None:
+			target = ("<= %g" if r["better"] == "low" else ">= %g") % r["target"]
+		raw = "-"
+		if "ours_of_raw" in r:
+			raw = "ours %.0f%%" % (100 * r["ours_of_raw"])
+			if "peer_of_raw" in r:
+				raw += ", peer %.0f%%" % (100 * r["peer_of_raw"])
+		lines.append((r["metric"], r["unit"], fmt(r["ours"], r["unit"]),
+			      fmt(r["peer"], r["unit"]), ratio, target, raw))
+	w = [max(len(x[i]) for x in lines + [hdr]) for i in range(len(hdr))]
+	sep = "  "
+	print(sep.join(h.ljust(w[i]) for i, h in enumerate(hdr)), file=out)
+	print(sep.join("-" * w[i] for i in range(len(hdr))), file=out)
+	for x in lines:
+		print(sep.join(c.ljust(w[i]) if i < 2 else c.rjust(w[i])
+			       for i, c in enumerate(x)), file=out)
+
+
+def machine_info():
+	cpu = ""
+	with open("/proc/cpuinfo") as f:
+		for line in f:
+			if line.startswith("model name"):
+				cpu = line.split(":", 1)[1].strip()
+				break
+	qemu = subprocess.run([vmlib.QEMU, "--version"], capture_output=True,
+			      text=True).stdout.splitlines()
+	return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+		"guest_kernel": vmlib.find_kernel(), "qemu": qemu[0] if qemu else None,
+		"accel": os.environ.get("VM_ACCEL", "tcg")}
+
+
+def git_rev():
+	r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+			   capture_output=True, text=True)
+	return r.stdout.strip() or None
+
+
+def parse_args():
+	ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+	ap.add_argument("--peer", action="store_true",
+			help="fetch (bench/fetch-peer) and measure microsandbox's agent")
+	ap.add_argument("--peer-binary", help="use this peer binary instead of fetching")
+	ap.add_argument("--agentd", default=os.path.join(ROOT, "agentd"))
+	ap.add_argument("--boots", type=int, default=3, help="VM boots per agent")
+	ap.add_argument("--helper-boots", type=int, default=3,
+			help="boots of our agent behind the peer's helper /init")
+	ap.add_argument("--no-host", action="store_true")
+	ap.add_argument("--no-vm", action="store_true")
+	ap.add_argument("--quick", action="store_true",
+			help="small sizes, one boot: a smoke test of the driver")
+	ap.add_argument("--out", default=os.path.join(HERE, "results"))
+	o = ap.parse_args()
+	o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 1000, GiB, 256 * MiB, GiB
+	o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 200, 100, 64 * MiB, 16 * MiB
+	if o.quick:
+		o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 50, 16 * MiB, 16 * MiB, 16 * MiB
+		o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 20, 10, 4 * MiB, 1 * MiB
+		o.boots, o.helper_boots = 1, 1
+	return o
+
+
+def fetch_peer():
+	r = subprocess.run([sys.executable, os.path.join(HERE, "fetch-peer")],
+			   capture_output=True, text=True)
+	if r.returncode != 0:
+		sys.exit("bench: fetch-peer failed:\n" + r.stderr)
+	return r.stdout.strip()
+
+
+def main():
+	o = parse_args()
+	t_start = time.monotonic()
+	agentd = os.path.abspath(o.agentd)
+	peer = o.peer_binary or (fetch_peer() if o.peer else None)
+	sizes = {"ours": os.path.getsize(agentd)}
+	if peer:
+		sizes["peer"] = os.path.getsize(peer)
+
+	host = None if o.no_host else host_mode(agentd, o)
+	vm = None
+	if not o.no_vm:
+		if not (vmlib.have_qemu() and vmlib.find_kernel() and vmlib.have_virtiofsd()):
+			log("VM mode skipped: needs qemu-system-x86_64, /boot/vmlinuz-* "
+			    "and /usr/lib/qemu/virtiofsd")
+		else:
+			vm = vm_mode(agentd, peer, o)
+
+	rows = build_table(host, vm, sizes, o)
+	print_table(rows)
+	result = {
+		"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+		"git": git_rev(), "machine": machine_info(),
+		"config": {k: getattr(o, k) for k in (
+			"boots", "host_execs", "host_stdout", "host_stdin", "host_fs",
+			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick")},
+		"peer": {"package": "@superradcompany/microsandbox-linux-x64-gnu",
+			 "version": "0.6.18"} if peer else None,
+		"sizes": sizes, "host": host, "vm": vm, "table": rows,
+		"duration_s": time.monotonic() - t_start,
+	}
+	os.makedirs(o.out, exist_ok=True)
+	name = "quick" if o.quick else "latest"
+	with open(os.path.join(o.out, name + ".json"), "w") as f:
+		json.dump(result, f, indent=1)
+		f.write("\n")
+	svg = svgchart.ratios_svg(rows, "agentd / microsandbox agent (%s, %s)"
+				  % (result["date"][:10], result["machine"]["accel"].upper()))
+	if svg:
+		with open(os.path.join(o.out, ("quick-" if o.quick else "") + "ratios.svg"),
+			  "w") as f:
+			f.write(svg)
+	log("done in %.0f s; results in %s" % (result["duration_s"], o.out))
+
+
+if __name__ == "__main__":
+	main()
