@@ -44,10 +44,10 @@ size: agentd
 	@stat -c '%s bytes  agentd' agentd
 
 # ---- unit tests: the same sources under ASan+UBSan and under musl ----
-test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h
+test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
 	$(SAN_CC) $(SAN_FLAGS) -I. -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c
 
-test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h
+test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
 	$(MUSL_CC) $(CSTD) $(WARN) -O2 -I. -static -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c
 
 unit: test/unit-san test/unit-musl

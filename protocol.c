@@ -317,8 +317,10 @@ static int read_str(struct cbor_in *in, const struct head *h, struct slice *out)
 		in->p += c.arg;
 		total += c.arg;
 	}
-	if (r < 0 || !out)
-		return r;
+	if (r < 0)
+		return -1;
+	if (!out)
+		return 0;
 	if (!in->arena || !(d = arena_alloc(in->arena, total + 1)))
 		return dfail(in, "too large");
 	out->p = d;

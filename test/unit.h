@@ -33,15 +33,15 @@ bool unit_check_mem(const void *a, size_t an, const void *b, size_t bn,
 
 #define CHECK(cond) unit_check((cond), __FILE__, __LINE__, "%s", #cond)
 #define CHECKF(cond, ...) unit_check((cond), __FILE__, __LINE__, __VA_ARGS__)
-#define CHECK_EQ_INT(a, b) \
-	unit_check((long long)(a) == (long long)(b), __FILE__, __LINE__, \
-		   "%s == %s (%lld != %lld)", #a, #b, (long long)(a), (long long)(b))
-#define CHECK_EQ_STR(a, b) \
-	unit_check(unit_streq((a), (b)), __FILE__, __LINE__, "%s == %s (\"%s\" != \"%s\")", \
-		   #a, #b, (a) ? (a) : "(null)", (b) ? (b) : "(null)")
+#define CHECK_EQ_INT(a, b) unit_check_int((long long)(a), (long long)(b), __FILE__, __LINE__, #a, #b)
+#define CHECK_EQ_STR(a, b) unit_check_str((a), (b), __FILE__, __LINE__, #a, #b)
 #define CHECK_EQ_MEM(a, an, b, bn) unit_check_mem((a), (an), (b), (bn), __FILE__, __LINE__, #a)
 
-bool unit_streq(const char *a, const char *b);
+/* Each argument is evaluated once, so CHECK_EQ_INT(f(), 1) calls f once. */
+bool unit_check_int(long long a, long long b, const char *file, int line,
+		    const char *as, const char *bs);
+bool unit_check_str(const char *a, const char *b, const char *file, int line,
+		    const char *as, const char *bs);
 
 void test_protocol(void);
 void test_initcfg(void);
