@@ -47,7 +47,8 @@ struct agent {
 	int retry_timer_fd;  /* PID 1: re-poll a disconnected port */
 	bool pid1;           /* running as PID 1 (or --init) */
 	bool host_mode;      /* --port-fd / socket: EOF ends the process */
-	bool port_eof;
+	bool port_eof;       /* not watched: host gone (PID 1: re-polled) */
+	bool port_down;      /* PID 1: disconnect logged, not yet back */
 	bool reading_paused; /* backpressure on the port */
 	bool shutting_down;
 	int shutdown_phase;  /* 1: SIGTERM sent, 2: SIGKILL sent */

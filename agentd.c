@@ -222,8 +222,9 @@ static void port_lost(struct agent *a, int err, const char *op)
 		shutdown_begin(a, "port closed");
 		return;
 	}
-	if (!a->port_eof)
+	if (!a->port_down)
 		agent_log("port disconnected; waiting for the host");
+	a->port_down = true;
 	a->port_eof = true;
 	a->in.start = a->in.len = 0;
 	out_reset(a);
@@ -423,6 +424,10 @@ static void port_read(struct agent *a)
 		port_lost(a, 0, "read");
 		return;
 	}
+	if (a->port_down) {
+		agent_log("port reconnected");
+		a->port_down = false;
+	}
 	clock_gettime(CLOCK_REALTIME, &a->last_activity);
 	frame_reader_commit(&a->in, n);
 	handle_frames(a);
@@ -509,7 +514,7 @@ static void on_grace(struct agent *a, struct watch *w, uint32_t events)
 		return;
 	if (a->shutdown_phase == 1) {
 		sessions_terminate(a, SIGKILL);
-		if (a->pid1)
+		if (getpid() == 1)
 			kill(-1, SIGKILL);
 		a->shutdown_phase = 2;
 		timer_arm(a->grace_timer_fd, KILL_WAIT_MS, 0);
@@ -582,15 +587,33 @@ static void remount_read_only(void)
 	sync();
 }
 
+/* PID 1: nothing may keep a filesystem busy; reap for a bounded time. */
+static void kill_everything(void)
+{
+	uint64_t end = agent_clock_ns(CLOCK_MONOTONIC) + KILL_WAIT_MS * 1000000ull;
+	struct timespec pause_ts = { 0, 5 * 1000000L };
+	pid_t r;
+
+	kill(-1, SIGKILL);
+	while (agent_clock_ns(CLOCK_MONOTONIC) < end) {
+		while ((r = waitpid(-1, NULL, WNOHANG)) > 0)
+			;
+		if (r < 0 && errno == ECHILD)
+			return;
+		nanosleep(&pause_ts, NULL);
+	}
+}
+
 static void shutdown_finish(struct agent *a)
 {
 	port_flush(a);
 	flush_before_exit(a);
-	if (!a->pid1) {
+	/* --init outside PID 1 must never kill or power off the host. */
+	if (getpid() != 1) {
 		agent_log("exiting");
 		exit(0);
 	}
-	sync();
+	kill_everything();
 	remount_read_only();
 	init_power_off();
 }
