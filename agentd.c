@@ -212,18 +212,16 @@ static int timer_arm(int fd, unsigned first_ms, unsigned every_ms)
  */
 static void port_lost(struct agent *a, int err, const char *op)
 {
-	if (err)
-		agent_log("port %s: %s", op, strerror(err));
 	if (a->host_mode) {
-		if (!err)
-			agent_log("port closed by the host");
+		agent_log("port %s: %s", op, err ? strerror(err) : "closed by the host");
 		a->port_eof = true;
 		out_reset(a);
 		shutdown_begin(a, "port closed");
 		return;
 	}
 	if (!a->port_down)
-		agent_log("port disconnected; waiting for the host");
+		agent_log("port %s: %s; waiting for the host", op,
+			  err ? strerror(err) : "disconnected");
 	a->port_down = true;
 	a->port_eof = true;
 	a->in.start = a->in.len = 0;

@@ -316,3 +316,70 @@ def test_binary_size(figures):
     size = os.path.getsize(AGENTD)
     figures.record("agentd static binary size", size, "bytes")
     assert subprocess.run(["file", AGENTD], capture_output=True).stdout.find(b"statically linked") >= 0
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        st = f.read()
+    fields = st[st.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_char_device_port_survives_hangup(tmp_path):
+    """--port on a character device behaves like the virtio port under PID 1:
+    a hang-up does not end the agent (it re-polls); SIGTERM still does."""
+    import pty
+    import tty
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    proc = subprocess.Popen([AGENTD, "--port", path, "--runtime-dir", str(tmp_path / "none")],
+                            stderr=subprocess.PIPE)
+    try:
+        a = Agent(_FdSock(master), proc)
+        assert a.recv(timeout=10).t == "core.ready"
+        os.close(slave)  # only the agent has it open now
+        assert a.run("echo", "tty-port").stdout == b"tty-port\n"
+        os.close(master)  # hang-up
+        time.sleep(1.0)
+        assert proc.poll() is None
+        cpu = cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        # re-polling every 100 ms is not a busy loop
+        assert cpu_seconds(proc.pid) - cpu < 0.5
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        err = proc.stderr.read().decode()
+        assert err.count("waiting for the host") == 1, err
+    finally:
+        for fd in (slave, master):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class _FdSock:
+    """The bits of a socket Agent uses, over a plain fd (a PTY master)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def fileno(self):
+        return self.fd
+
+    def recv(self, n):
+        try:
+            return os.read(self.fd, n)
+        except OSError:
+            return b""
+
+    def sendall(self, data):
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def close(self):
+        pass
