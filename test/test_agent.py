@@ -339,8 +339,10 @@ def test_char_device_port_survives_hangup(tmp_path):
         a = Agent(_FdSock(master), proc)
         assert a.recv(timeout=10).t == "core.ready"
         os.close(slave)  # only the agent has it open now
+        slave = -1
         assert a.run("echo", "tty-port").stdout == b"tty-port\n"
         os.close(master)  # hang-up
+        master = -1
         time.sleep(1.0)
         assert proc.poll() is None
         cpu = cpu_seconds(proc.pid)
@@ -353,10 +355,8 @@ def test_char_device_port_survives_hangup(tmp_path):
         assert err.count("waiting for the host") == 1, err
     finally:
         for fd in (slave, master):
-            try:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
         if proc.poll() is None:
             proc.kill()
             proc.wait()
