@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 STDIN_CHUNK = 64 * 1024     # one pipe buffer per core.exec.stdin frame
 FS_CHUNK = 1 * MiB          # core.fs.data chunk of the host-mode write
-RAW_BS = 64 * 1024          # dd block size of the raw-port baseline
+DD_BS = 64 * 1024           # dd block size: producers, consumers, raw port
 
 # Modules our agent loads by default (init.c); the helper /init of the
 # peer and of the raw-port baseline loads the same set so every VM has the
@@ -64,13 +65,16 @@ def exec_rtt(a, n):
 
 
 def stdout_throughput(a, nbytes):
-	"""Bytes/s of `head -c nbytes /dev/zero` through core.exec.stdout."""
+	"""Bytes/s of `dd if=/dev/zero bs=64k` through core.exec.stdout.  dd
+	writes whole 64 KiB blocks (busybox `head -c` writes 4 KiB at a time,
+	which would measure head's wakeups rather than the agent)."""
 	got = [0]
 
 	def sink(data):
 		got[0] += len(data)
 	t = time.perf_counter()
-	mid = a.exec_start("head", ["-c", str(nbytes), "/dev/zero"])
+	mid = a.exec_start("dd", ["if=/dev/zero", "bs=%d" % DD_BS,
+				  "count=%d" % (nbytes // DD_BS)])
 	r = a.collect(mid, timeout=600, sink=sink)
 	dt = time.perf_counter() - t
 	if r.code != 0 or got[0] != nbytes:
@@ -79,10 +83,12 @@ def stdout_throughput(a, nbytes):
 
 
 def stdin_throughput(a, nbytes):
-	"""Bytes/s of nbytes fed to `wc -c` in STDIN_CHUNK frames, until exit."""
+	"""Bytes/s of nbytes fed in STDIN_CHUNK frames to `dd of=/dev/null
+	bs=64k iflag=fullblock`, until it exits; dd's record count checks
+	that every byte arrived."""
 	block = b"\0" * STDIN_CHUNK
 	t = time.perf_counter()
-	mid = a.exec_start("wc", ["-c"])
+	mid = a.exec_start("dd", ["of=/dev/null", "bs=%d" % DD_BS, "iflag=fullblock"])
 	left = nbytes
 	while left > 0:
 		n = min(left, STDIN_CHUNK)
@@ -91,8 +97,9 @@ def stdin_throughput(a, nbytes):
 	a.stdin(mid, b"")
 	r = a.collect(mid, timeout=600)
 	dt = time.perf_counter() - t
-	if r.code != 0 or int(r.stdout.split()[0]) != nbytes:
-		raise RuntimeError("stdin: code %r, wc says %r" % (r.code, r.stdout))
+	want = b"%d+0 records in" % (nbytes // DD_BS)
+	if r.code != 0 or not r.stderr.startswith(want):
+		raise RuntimeError("stdin: code %r, dd says %r" % (r.code, r.stderr))
 	return nbytes / dt
 
 
@@ -115,22 +122,45 @@ def fs_write(a, path, nbytes):
 	return nbytes / dt
 
 
-def fs_read(a, path, nbytes):
-	"""Bytes/s of a seed-protocol Read stream (SPEC 6.3)."""
+def fs_read(a, path, nbytes, budget_s=60):
+	"""Bytes/s of a seed-protocol Read stream (SPEC 6.3).  A stream that
+	has not finished within budget_s is cut short and measured as far as
+	it got (flagged "partial"), so one stalling agent cannot eat the
+	whole benchmark."""
 	t = time.perf_counter()
 	mid = a.new_id()
 	a.send(mid, "core.fs.request", {"op": {"Read": {"path": path}}})
 	got = 0
 	while True:
-		f = a.recv(timeout=600, msg_id=mid)
-		if f.t == "core.fs.data":
-			got += len(f.p["data"])
-			continue
-		break
+		left = budget_s - (time.perf_counter() - t)
+		try:
+			f = a.recv(timeout=max(left, 0.001), msg_id=mid)
+		except TimeoutError:
+			dt = time.perf_counter() - t
+			raise PartialRead(got / dt, "fs read stopped after %.0f s: %d of %d "
+					  "bytes arrived" % (dt, got, nbytes))
+		if f.t != "core.fs.data":
+			break
+		got += len(f.p["data"])
 	dt = time.perf_counter() - t
 	if f.t != "core.fs.response" or not f.p.get("ok") or got != nbytes:
 		raise RuntimeError("fs read: %d of %d bytes, %r" % (got, nbytes, f))
 	return nbytes / dt
+
+
+class PartialRead(Exception):
+	def __init__(self, bps, note):
+		super().__init__(note)
+		self.bps, self.note = bps, note
+
+
+def fs_read_or_partial(a, path, nbytes, res):
+	try:
+		return fs_read(a, path, nbytes)
+	except PartialRead as e:
+		res["fs_read_note"] = e.note
+		log(e.note)
+		return e.bps
 
 
 def concurrent_sessions(a, n):
@@ -220,7 +250,7 @@ def host_mode(agentd, o):
 			res["fs_write_Bps"], res["fs_write_hwm_kb"] = bps, hwm
 			res["fs_write_client_cpu_s"] = cpu
 			bps, hwm, cpu = fresh("fs read %d MiB" % (o.host_fs // MiB),
-					      lambda a: fs_read(a, path, o.host_fs))
+					      lambda a: fs_read_or_partial(a, path, o.host_fs, res))
 			res["fs_read_Bps"], res["fs_read_hwm_kb"] = bps, hwm
 			res["fs_read_client_cpu_s"] = cpu
 			res["fs_bytes"] = o.host_fs
@@ -276,10 +306,14 @@ HELPER_HEAD = """#!/bin/busybox sh
 # order, and wait for the port named "agent" to appear.
 PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t sysfs sysfs /sys
+mount -t proc proc /proc
 M=/lib/modules/$(uname -r)
+read T0 X </proc/uptime
 for m in %(modules)s; do
 	insmod $M/$m || echo "helper: insmod $m failed"
 done
+read T1 X </proc/uptime
+echo "bench-helper: modules loaded from $T0 to $T1"
 PORT=
 i=0
 while [ -z "$PORT" ] && [ $i -lt 500 ]; do
@@ -291,7 +325,8 @@ while [ -z "$PORT" ] && [ $i -lt 500 ]; do
 done
 """
 
-EXEC_TAIL = """umount /sys
+EXEC_TAIL = """umount /proc
+umount /sys
 exec %(agent)s
 """
 
@@ -301,7 +336,7 @@ exec %(agent)s
 RAW_TAIL = """mount -t devtmpfs devtmpfs /dev
 exec 3<>/dev/$PORT
 printf S >&3
-head -c %(inbytes)d <&3 >/dev/null
+dd of=/dev/null bs=%(bs)d count=%(incount)d iflag=fullblock 2>/dev/null <&3
 printf R >&3
 dd if=/dev/zero bs=%(bs)d count=%(count)d 2>/dev/null >&3
 head -c 1 <&3 >/dev/null
@@ -329,7 +364,7 @@ class Images:
 		s_ours = write_script(os.path.join(work, "ours-init"),
 				      head + EXEC_TAIL % {"agent": "/sbin/agentd"})
 		s_raw = write_script(os.path.join(work, "raw-init"), head + RAW_TAIL % {
-			"inbytes": o.vm_stdin, "bs": RAW_BS, "count": o.vm_stdout // RAW_BS})
+			"incount": o.vm_stdin // DD_BS, "bs": DD_BS, "count": o.vm_stdout // DD_BS})
 		common = ["%s=/sbin/agentd" % agentd, "%s=/bin/peer-init" % s_peer,
 			  "%s=/bin/ours-init" % s_ours, "%s=/bin/raw-init" % s_raw]
 		if peer:
@@ -386,12 +421,23 @@ def stop(vm, agent=None):
 	shutil.rmtree(vm.bench_rt, ignore_errors=True)
 
 
+def helper_modules_s(console):
+	"""Seconds the helper /init spent in insmod (/proc/uptime, 10 ms)."""
+	m = re.search(r"bench-helper: modules loaded from ([0-9.]+) to ([0-9.]+)", console)
+	return float(m.group(2)) - float(m.group(1)) if m else None
+
+
 def ready_times(vm):
 	p = vm.ready.p
-	return {"boot_time_ns": p["boot_time_ns"], "init_time_ns": p["init_time_ns"],
-		"ready_time_ns": p["ready_time_ns"],
-		"start_to_ready_s": (p["ready_time_ns"] - p["boot_time_ns"]) / 1e9,
-		"wall_to_ready_s": vm.ready_wall_s}
+	r = {"boot_time_ns": p["boot_time_ns"], "init_time_ns": p["init_time_ns"],
+	     "ready_time_ns": p["ready_time_ns"],
+	     "start_to_ready_s": (p["ready_time_ns"] - p["boot_time_ns"]) / 1e9,
+	     "wall_to_ready_s": vm.ready_wall_s}
+	mods = helper_modules_s(vm.console())
+	if mods is not None:
+		r["helper_modules_s"] = mods
+		r["start_to_ready_with_modules_s"] = r["start_to_ready_s"] + mods
+	return r
 
 
 def vm_agent_run(kind, images, o):
@@ -435,7 +481,7 @@ def vm_raw_port(images, o, timeout=180):
 			raise RuntimeError("raw port: no read marker")
 		t_in = time.perf_counter() - t
 		t = time.perf_counter()
-		want = (o.vm_stdout // RAW_BS) * RAW_BS
+		want = (o.vm_stdout // DD_BS) * DD_BS
 		got = 0
 		while got < want:
 			chunk = s.recv(1 << 20)
@@ -534,6 +580,10 @@ def build_table(host, vm, sizes, o):
 		for key, label, unit, scale, better, target, rawkey in VM_ROWS:
 			row(label, unit, med(ours, key), med(peer, key), better, target,
 			    med(raw, rawkey) if rawkey else None, scale)
+		if peer:
+			row("VM start to ready, module loading included", "ms",
+			    med(ours, "start_to_ready_s"),
+			    med(peer, "start_to_ready_with_modules_s"), "low", 0.5, None, 1e3)
 		if vm.get("ours-helper"):
 			row("VM start to ready, both behind the helper /init", "ms",
 			    med(vm["ours-helper"], "start_to_ready_s"),
@@ -554,7 +604,8 @@ def build_table(host, vm, sizes, o):
 		if "fs_write_Bps" in host:
 			row("host fs write %d MiB" % (host["fs_bytes"] // MiB), "MB/s",
 			    host["fs_write_Bps"], scale=1e-6)
-			row("host fs read %d MiB" % (host["fs_bytes"] // MiB), "MB/s",
+			row("host fs read %d MiB%s" % (host["fs_bytes"] // MiB,
+			    " (cut short)" if "fs_read_note" in host else ""), "MB/s",
 			    host["fs_read_Bps"], scale=1e-6)
 		row("host %d concurrent sessions, wall" % host["sessions"], "s",
 		    host["sessions_wall_s"])
@@ -676,6 +727,9 @@ def main():
 
 	rows = build_table(host, vm, sizes, o)
 	print_table(rows)
+	notes = [host[k] for k in ("fs_note", "fs_read_note") if host and k in host]
+	for n in notes:
+		print("note: " + n)
 	result = {
 		"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
 		"git": git_rev(), "machine": machine_info(),
@@ -684,7 +738,7 @@ def main():
 			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick")},
 		"peer": {"package": "@superradcompany/microsandbox-linux-x64-gnu",
 			 "version": "0.6.18"} if peer else None,
-		"sizes": sizes, "host": host, "vm": vm, "table": rows,
+		"sizes": sizes, "notes": notes, "host": host, "vm": vm, "table": rows,
 		"duration_s": time.monotonic() - t_start,
 	}
 	os.makedirs(o.out, exist_ok=True)
