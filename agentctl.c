@@ -209,6 +209,7 @@ struct conn {
 	size_t out_head;       /* first unwritten byte of out.buf */
 	struct arena arena;    /* decoded values of the current frame */
 	uint32_t next_id;
+	uint8_t gen;           /* 1, or 7 with --g7: written as v on every frame */
 	bool have_ready;
 	struct ready ready;    /* agent_version is not kept */
 };
@@ -245,11 +246,11 @@ static void conn_send(struct conn *c, uint32_t id, const struct msg *m)
 	if (c->out_head && c->out_head >= conn_pending(c))
 		conn_compact(c);
 	c->out.overflow = false;
-	if (frame_encode_msg(&c->out, id, PROTO_GEN_SEED, m) == 0)
+	if (frame_encode_msg(&c->out, id, c->gen, m) == 0)
 		return;
 	conn_compact(c);
 	c->out.overflow = false;
-	if (frame_encode_msg(&c->out, id, PROTO_GEN_SEED, m) < 0)
+	if (frame_encode_msg(&c->out, id, c->gen, m) < 0)
 		fail("%s: message does not fit in one frame (4 MiB)",
 		     msg_type_name(m->type));
 }
@@ -258,8 +259,10 @@ static void conn_send_shutdown(struct conn *c)
 {
 	conn_compact(c);
 	c->out.overflow = false;
-	if (frame_encode_raw(&c->out, 0, FLAG_SHUTDOWN, PROTO_GEN_SEED,
-			     "core.shutdown", "", 0) < 0)
+	/* Seed hosts send an empty byte string, current ones CBOR null. */
+	if (frame_encode_raw(&c->out, 0, FLAG_SHUTDOWN, c->gen, "core.shutdown",
+			     c->gen >= PROTO_GEN_CURRENT ? "\xf6" : "",
+			     c->gen >= PROTO_GEN_CURRENT ? 1 : 0) < 0)
 		fail("cannot encode core.shutdown");
 }
 
@@ -378,10 +381,11 @@ static int conn_next(struct conn *c, uint32_t *id, struct msg *m)
 	}
 }
 
-static void conn_init(struct conn *c, int fd)
+static void conn_init(struct conn *c, int fd, uint8_t gen)
 {
 	memset(c, 0, sizeof(*c));
 	c->fd = fd;
+	c->gen = gen;
 	if (frame_reader_init(&c->in) < 0)
 		fail("out of memory");
 	c->out.buf = xmalloc(OUT_CAP);
@@ -462,6 +466,46 @@ static void conn_wait_ready(struct conn *c, int64_t timeout_ms)
 				return;
 		if (c->eof)
 			fail("the agent closed the connection before it was ready");
+		if (now >= end)
+			fail("the agent was not ready within %.1f s",
+			     (double)timeout_ms / 1000);
+		conn_poll(c, p, 1, (int)(end - now));
+	}
+}
+
+/*
+ * Generation 7 boot (SPEC 12.3): the agent reads a core.bootstrap before
+ * anything else, reports core.init.resolved, waits for core.init.ack and
+ * then sends core.ready.  The bootstrap is the minimal valid one.
+ */
+static void conn_boot_g7(struct conn *c, int64_t timeout_ms)
+{
+	struct msg boot = { .type = MSG_BOOTSTRAP, .gen = PROTO_GEN_CURRENT };
+	struct msg ack = { .type = MSG_INIT_ACK, .gen = PROTO_GEN_CURRENT };
+	uint64_t end = now_ms() + (uint64_t)timeout_ms;
+	bool resolved = false;
+	struct msg m;
+	uint32_t id;
+
+	boot.u.bootstrap.security_profile = SECURITY_DEFAULT;
+	conn_send(c, 0, &boot);
+	for (;;) {
+		struct pollfd p[1];
+		uint64_t now = now_ms();
+
+		while (conn_next(c, &id, &m)) {
+			if (m.type == MSG_INIT_RESOLVED && !resolved) {
+				resolved = true;
+				conn_send(c, 0, &ack);
+			} else if (m.type == MSG_READY && resolved) {
+				return;
+			} else {
+				fail("unexpected %s during the generation 7 boot",
+				     msg_type_name(m.type));
+			}
+		}
+		if (c->eof)
+			fail("the agent closed the connection during its boot");
 		if (now >= end)
 			fail("the agent was not ready within %.1f s",
 			     (double)timeout_ms / 1000);
@@ -788,6 +832,7 @@ struct ctl {
 	int64_t ready_timeout_ms;
 	bool json;
 	bool quiet;
+	bool g7;      /* --g7: boot a generation 7 agent on this connection */
 };
 
 static const char usage_main[] =
@@ -799,6 +844,9 @@ static const char usage_main[] =
 "                        or a character device\n"
 "      --fd N            the agent port is the already open fd N\n"
 "      --ready-timeout D wait at most D for the agent (default 60s)\n"
+"      --g7              boot a generation 7 agent (microsandbox's own) on this\n"
+"                        connection: bootstrap, init ack, ready; then exec,\n"
+"                        ready and shutdown work as usual\n"
 "  -h, --help            this help; COMMAND --help for a command's help\n"
 "\n"
 "commands:\n"
@@ -909,8 +957,11 @@ static void ctl_connect(struct ctl *x)
 
 	if (fd < 0)
 		fd = open_port(x->socket_path, x->ready_timeout_ms);
-	conn_init(&x->conn, fd);
-	conn_wait_ready(&x->conn, x->ready_timeout_ms);
+	conn_init(&x->conn, fd, x->g7 ? PROTO_GEN_CURRENT : PROTO_GEN_SEED);
+	if (x->g7)
+		conn_boot_g7(&x->conn, x->ready_timeout_ms);
+	else
+		conn_wait_ready(&x->conn, x->ready_timeout_ms);
 }
 
 /* Parse the options of a sub-command: a tiny getopt_long wrapper. */
@@ -946,6 +997,9 @@ struct exec_state {
 	uint32_t id;
 	bool tty, forward_stdin, stdin_eof;
 	bool started, exited, timed_out, stdout_closed;
+	bool failed;        /* g7 core.exec.failed */
+	int failed_kind;
+	bool stdin_error;   /* g7 core.exec.stdin.error seen */
 	int code;
 	bool has_signal;
 	int signal;
@@ -1025,6 +1079,23 @@ static void exec_handle(struct conn *c, struct exec_state *s, const struct msg *
 		s->has_signal = m->u.exec_exited.has_signal;
 		s->signal = m->u.exec_exited.signal;
 		break;
+	case MSG_EXEC_FAILED:
+		s->exited = s->failed = true;
+		s->failed_kind = (int)m->u.exec_failed.kind;
+		warn("cannot run the command: %s", m->u.exec_failed.message ?
+		     m->u.exec_failed.message : "spawn failed");
+		break;
+	case MSG_EXEC_STDIN_ERROR:
+		if (!s->stdin_error)
+			warn("the remote command's stdin failed: %s",
+			     m->u.exec_stdin_error.message ?
+			     m->u.exec_stdin_error.message : "error");
+		s->stdin_error = true;
+		break;
+	case MSG_ERROR:
+		terminal_restore();
+		fail("the agent refused the request: %s", m->u.core_error.message ?
+		     m->u.core_error.message : "core.error");
 	default:
 		break;
 	}
@@ -1116,6 +1187,8 @@ static int exec_status(struct conn *c, const struct exec_state *s, const struct 
 		warn("timed out; the remote process group was killed");
 		return EXIT_TIMEOUT;
 	}
+	if (s->failed)
+		return s->failed_kind == EXEC_FAIL_NOT_FOUND ? EXIT_NOTFOUND : EXIT_NOEXEC;
 	if (s->code >= 0 && s->code <= 255)
 		return s->code;
 	if (s->code == -1 && s->has_signal && s->signal > 0 && s->signal < 128)
@@ -1940,6 +2013,7 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "fd", required_argument, NULL, 'F' },
 		{ "ready-timeout", required_argument, NULL, 'R' },
+		{ "g7", no_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -1965,6 +2039,9 @@ int main(int argc, char **argv)
 			if (x.ready_timeout_ms <= 0)
 				usage_error(usage_main, "bad --ready-timeout %s", optarg);
 			break;
+		case 'G':
+			x.g7 = true;
+			break;
 		case 'h':
 			fputs(usage_main, stdout);
 			return 0;
@@ -1984,6 +2061,10 @@ int main(int argc, char **argv)
 			if (!help)
 				usage_error(usage_main, "no agent port given (-s PATH or --fd N)");
 		}
+		if (x.g7 && commands[i].run != cmd_exec && commands[i].run != cmd_ready &&
+		    commands[i].run != cmd_shutdown)
+			usage_error(usage_main, "--g7 supports exec, ready and shutdown only "
+				    "(generation 7 file access is handle based)");
 		argv += optind;
 		argc -= optind;
 		optind = 0;  /* restart getopt for the command's options */

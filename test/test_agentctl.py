@@ -676,3 +676,86 @@ def test_shutdown():
         host.close()
     stop(agent)
     assert r.returncode == 0, r
+
+
+# ---------------------------------------------------------------------------
+# --g7: the generation-7 boot handshake, against a scripted fake agent
+
+class FakeAgent:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def recv(self):
+        """(id, flags, v, t, payload) of the next frame from agentctl."""
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack(">I", self.buf[:4])[0]
+                if len(self.buf) >= 4 + n:
+                    msg_id, flags = struct.unpack(">IB", self.buf[4:9])
+                    env = cbor2.loads(self.buf[9:4 + n])
+                    self.buf = self.buf[4 + n:]
+                    p = env["p"]
+                    return msg_id, flags, env["v"], env["t"], cbor2.loads(p) if p else None
+            chunk = self.sock.recv(65536)
+            assert chunk, "agentctl hung up"
+            self.buf += chunk
+
+    def send(self, msg_id, t, payload, flags=0):
+        body = cbor2.dumps({"v": 7, "t": t, "p": cbor2.dumps(payload)})
+        self.sock.sendall(struct.pack(">IIB", len(body) + 5, msg_id, flags) + body)
+
+    def boot(self):
+        msg_id, flags, v, t, p = self.recv()
+        assert (msg_id, flags, v, t) == (0, 0, 7, "core.bootstrap")
+        assert p == {"security_profile": "default"}
+        self.send(0, "core.init.resolved", {"default_user": {"uid": 0, "gid": 0}})
+        msg_id, flags, v, t, p = self.recv()
+        assert (msg_id, v, t, p) == (0, 7, "core.init.ack", {})
+        self.send(0, "core.ready", {"boot_time_ns": 10, "init_time_ns": 20,
+                                    "ready_time_ns": 30, "agent_version": "0.6.18"})
+
+
+def g7_exec(script, *args):
+    host, fake_sock = socket.socketpair()
+    proc = subprocess.Popen(ctl_args(host, "--g7", "exec", "--") + list(args),
+                            pass_fds=(host.fileno(),), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    host.close()
+    fake = FakeAgent(fake_sock)
+    fake.boot()
+    msg_id, flags, v, t, p = fake.recv()
+    assert (flags, v, t) == (2, 7, "core.exec.request")
+    script(fake, msg_id, p)
+    out, err = proc.communicate(timeout=30)
+    fake_sock.close()
+    return proc.returncode, out, err
+
+
+def test_g7_boot_and_exec():
+    def script(fake, msg_id, req):
+        assert req["cmd"] == "echo" and req["args"] == ["hi"]
+        fake.send(msg_id, "core.exec.started", {"pid": 42})
+        fake.send(msg_id, "core.exec.stdout", {"data": b"hi\n"})
+        fake.send(msg_id, "core.exec.exited", {"code": 4}, flags=1)
+    rc, out, err = g7_exec(script, "echo", "hi")
+    assert rc == 4, err
+    assert out == b"hi\n"
+
+
+@pytest.mark.parametrize("kind,status", [("not_found", 127), ("permission_denied", 126),
+                                         ("bad_cwd", 126)])
+def test_g7_exec_failed(kind, status):
+    def script(fake, msg_id, req):
+        fake.send(msg_id, "core.exec.failed", {
+            "kind": kind, "errno": 2, "errno_name": "ENOENT",
+            "message": 'spawn "nosuch": No such file or directory (os error 2)',
+            "stage": "Command::spawn"}, flags=1)
+    rc, out, err = g7_exec(script, "nosuch")
+    assert rc == status, err
+    assert b"No such file" in err
+
+
+def test_g7_refuses_seed_fs_commands():
+    r = subprocess.run([AGENTCTL, "--fd", "0", "--g7", "ls", "/"], capture_output=True)
+    assert r.returncode == 125 and b"--g7" in r.stderr
