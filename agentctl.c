@@ -52,6 +52,7 @@
 #define DATA_CHUNK   (1u << 20)   /* stdin and file bytes per frame */
 #define ARENA_LIMIT  (32u << 20)  /* decoded values of one frame */
 #define WALK_DEPTH   64           /* cp -r directory depth */
+#define WALK_HELD_MAX (64u << 20) /* listings cp -r holds while descending */
 #define PROGRESS_MIN (8ull << 20) /* files below this get no progress bar */
 #define KILL_GRACE_MS 10000       /* after --timeout's SIGKILL */
 
@@ -1366,6 +1367,7 @@ struct cp {
 	struct conn *c;
 	bool recursive, quiet;
 	int errors;
+	size_t held;  /* bytes of the listings of the directories being walked */
 };
 
 static void cp_error(struct cp *cp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -1558,11 +1560,23 @@ static void cp_get_tree(struct cp *cp, const char *src, const char *dst,
 		cp_error(cp, "mkdir %s: %s", dst, strerror(errno));
 		return;
 	}
+	size_t bytes = 0;
+
 	fs_call(cp->c, &ls, &r);
 	if (!r.ok) {
 		cp_error(cp, "%s: %s", src, r.error);
 		return;
 	}
+	/* Each level keeps its listing while it descends: cap the sum so a
+	 * guest cannot make agentctl hold huge listings 64 levels deep. */
+	for (size_t i = 0; i < r.nlist; i++)
+		bytes += sizeof(r.list[i]) + strlen(r.list[i].path) + 1;
+	if (cp->held + bytes > WALK_HELD_MAX) {
+		cp_error(cp, "%s: directory listings too large to walk", src);
+		fs_result_free(&r);
+		return;
+	}
+	cp->held += bytes;
 	for (size_t i = 0; i < r.nlist; i++) {
 		const struct entry *e = &r.list[i];
 		const char *name = listed_name(src, e->path);
@@ -1581,6 +1595,7 @@ static void cp_get_tree(struct cp *cp, const char *src, const char *dst,
 			warn("skipping %s: a %s", e->path, e->kind);
 		free(t);
 	}
+	cp->held -= bytes;
 	fs_result_free(&r);
 	chmod(dst, mode & 07777);
 }
