@@ -1146,6 +1146,23 @@ static int decode_key(struct cbor_in *in, struct slice *key)
 	return read_str(in, &h, key);
 }
 
+/* Puts the field name in front of an error raised inside its value;
+ * nested fields build a path: field "network.mac": expected array. */
+static int locate(struct cbor_in *in, const char *name)
+{
+	char tmp[sizeof(in->err->msg)];
+	bool nested;
+
+	if (!in->err)
+		return -1;
+	nested = !strncmp(in->err->msg, "field \"", 7);
+	memcpy(tmp, in->err->msg + (nested ? 7 : 0), sizeof(tmp) - 7);
+	tmp[sizeof(tmp) - 8] = 0;
+	snprintf(in->err->msg, sizeof(in->err->msg), "field \"%.24s%s%.150s", name,
+		 nested ? "." : "\": ", tmp);
+	return -1;
+}
+
 static int decode_map(struct cbor_in *in, const struct head *h, const struct field *fields,
 		      char *base, bool itag);
 static int decode_value(struct cbor_in *in, const struct field *f, char *base);
@@ -1258,16 +1275,17 @@ static int decode_itag(struct cbor_in *in, const struct field *f, char *base)
 			continue;
 		}
 		if (v)
-			return dfail(in, "field \"kind\": duplicate key");
-		if (get_typed(&c, &kh, 3, "field \"kind\": expected text") || read_str(&c, &kh, &name))
-			return -1;
-		if (!(v = lookup_variant(&c, f->sub, name)))
-			return -1;
+			dfail(in, "duplicate key");
+		if (v || get_typed(&c, &kh, 3, "expected text") || read_str(&c, &kh, &name) ||
+		    !(v = lookup_variant(&c, f->sub, name)))
+			return locate(in, "kind");
 	}
 	if (r < 0)
 		return -1;
-	if (!v)
-		return dfail(in, "field \"kind\": missing");
+	if (!v) {
+		dfail(in, "missing");
+		return locate(in, "kind");
+	}
 	*(int *)(base + f->off) = v->value;
 	return decode_map(in, &h, v->content.sub, base, true);
 }
@@ -1313,18 +1331,6 @@ static int decode_value(struct cbor_in *in, const struct field *f, char *base)
 	default:
 		return decode_int(in, f->kind, dst);
 	}
-}
-
-/* Puts the field name in front of an error raised inside its value. */
-static int locate(struct cbor_in *in, const char *name)
-{
-	char tmp[sizeof(in->err->msg)];
-
-	if (in->err && strncmp(in->err->msg, "field \"", 7)) {
-		memcpy(tmp, in->err->msg, sizeof(tmp));
-		snprintf(in->err->msg, sizeof(in->err->msg), "field \"%.24s\": %.150s", name, tmp);
-	}
-	return -1;
 }
 
 /*
