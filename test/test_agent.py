@@ -383,3 +383,53 @@ class _FdSock:
 
     def close(self):
         pass
+
+
+def test_random_traffic_keeps_serving(spawn_agent):
+    """A few seconds of random requests, stdin, signals, resizes, fs requests,
+    undecodable payloads and corrupted frames (length prefixes left intact):
+    the agent answers, reaps and still serves afterwards."""
+    import select
+    rng = random.Random(7)
+    a = spawn_agent()
+    cmds = [["true"], ["cat"], ["sh", "-c", "echo hi; sleep 0.05"], ["sleep", "1"],
+            ["head", "-c", "100000", "/dev/zero"], ["no-such-cmd"], ["yes"],
+            ["sh", "-c", "exec 0<&-; echo x"]]
+
+    def payload(t):
+        if t == "core.exec.request":
+            c = rng.choice(cmds)
+            p = {"cmd": c[0], "args": c[1:], "tty": rng.random() < 0.3}
+            if rng.random() < 0.2:
+                p["rlimits"] = [{"resource": "nofile", "soft": 64, "hard": 64}]
+            return p if rng.random() > 0.1 else {"cmd": rng.choice([1, None, [], b"x"])}
+        if t == "core.exec.stdin":
+            return {"data": os.urandom(rng.choice([0, 1, 100, 70000]))}
+        if t == "core.exec.signal":
+            return {"signal": rng.choice([1, 2, 9, 15, 0, 40, -3, 19, 18])}
+        if t == "core.exec.resize":
+            return {"rows": rng.randrange(70000), "cols": rng.randrange(300)}
+        if t == "core.fs.request":
+            return {"op": {rng.choice(["Stat", "List", "Bogus"]): {"path": rng.choice(["/", "/nonexistent", "/proc/self/status"])}}}
+        return {"data": [rng.randrange(300)]}
+
+    types = ["core.exec.request", "core.exec.stdin", "core.exec.signal",
+             "core.exec.resize", "core.fs.request", "core.fs.data", "core.bogus"]
+    end = time.monotonic() + 4
+    while time.monotonic() < end:
+        t = rng.choice(types)
+        frame = bytearray(encode_frame(rng.randrange(1, 30), t, payload(t)))
+        if rng.random() < 0.05:
+            for _ in range(3):
+                frame[rng.randrange(4, len(frame))] = rng.randrange(256)
+        a.send_raw(bytes(frame))
+        while select.select([a.sock], [], [], 0)[0]:
+            try:
+                a.recv(timeout=0.01)
+            except TimeoutError:
+                break
+        a.pending.clear()
+    for i in range(1, 30):
+        a.signal(i, 9)
+    res = a.run("echo", "alive", msg_id=1000, timeout=30)
+    assert res.stdout == b"alive\n" and res.code == 0
