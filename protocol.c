@@ -8,8 +8,6 @@
  */
 #include "protocol.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -155,10 +153,34 @@ struct head {
 	uint64_t arg;
 };
 
+/*
+ * Error texts are assembled by appending, without the printf engine (the
+ * agent is built without it).  Truncation never splits a UTF-8 sequence,
+ * so a message can go into a CBOR text string as it is.
+ */
+static void msg_addn(struct decode_error *e, const char *s, size_t max)
+{
+	size_t len = strlen(e->msg), n = strlen(s);
+
+	if (n > max)
+		n = max;
+	if (n > sizeof(e->msg) - 1 - len)
+		n = sizeof(e->msg) - 1 - len;
+	while (n && (s[n] & 0xc0) == 0x80)  /* s[strlen(s)] is NUL: stops */
+		n--;
+	memcpy(e->msg + len, s, n);
+	e->msg[len + n] = 0;
+}
+
+static void msg_add(struct decode_error *e, const char *s)
+{
+	msg_addn(e, s, sizeof(e->msg));
+}
+
 static int dfail(struct cbor_in *in, const char *what)
 {
 	if (in->err && !in->err->msg[0])
-		snprintf(in->err->msg, sizeof(in->err->msg), "%s", what);
+		msg_add(in->err, what);
 	return -1;
 }
 
@@ -1156,10 +1178,12 @@ static int locate(struct cbor_in *in, const char *name)
 	if (!in->err)
 		return -1;
 	nested = !strncmp(in->err->msg, "field \"", 7);
-	memcpy(tmp, in->err->msg + (nested ? 7 : 0), sizeof(tmp) - 7);
-	tmp[sizeof(tmp) - 8] = 0;
-	snprintf(in->err->msg, sizeof(in->err->msg), "field \"%.24s%s%.150s", name,
-		 nested ? "." : "\": ", tmp);
+	strcpy(tmp, in->err->msg + (nested ? 7 : 0));
+	in->err->msg[0] = 0;
+	msg_add(in->err, "field \"");
+	msg_add(in->err, name);
+	msg_add(in->err, nested ? "." : "\": ");
+	msg_add(in->err, tmp);
 	return -1;
 }
 
@@ -1565,8 +1589,11 @@ static int prefix_err(struct decode_error *err, const char *prefix)
 {
 	char tmp[sizeof(err->msg)];
 
-	memcpy(tmp, err->msg, sizeof(tmp));
-	snprintf(err->msg, sizeof(err->msg), "%.40s: %.140s", prefix, tmp[0] ? tmp : "invalid");
+	strcpy(tmp, err->msg[0] ? err->msg : "invalid");
+	err->msg[0] = 0;
+	msg_add(err, prefix);
+	msg_add(err, ": ");
+	msg_add(err, tmp);
 	return -1;
 }
 
@@ -1770,14 +1797,31 @@ int rlimit_lookup(const char *name, bool icase)
 	return -1;
 }
 
-static int vfail(struct decode_error *err, const char *fmt, ...)
+/* "bootstrap: <what>[<i>]: <problem> "<value>"", index and value optional. */
+static int vfail(struct decode_error *err, const char *what, long i, const char *problem,
+		 const char *value)
 {
-	va_list ap;
-	int n = snprintf(err->msg, sizeof(err->msg), "bootstrap: ");
+	char num[24], *p = num + sizeof(num) - 1;
 
-	va_start(ap, fmt);
-	vsnprintf(err->msg + n, sizeof(err->msg) - (size_t)n, fmt, ap);
-	va_end(ap);
+	err->msg[0] = 0;
+	msg_add(err, "bootstrap: ");
+	msg_add(err, what);
+	if (i >= 0) {
+		*p = 0;
+		do
+			*--p = (char)('0' + i % 10);
+		while (i /= 10);
+		msg_add(err, "[");
+		msg_add(err, p);
+		msg_add(err, "]");
+	}
+	msg_add(err, ": ");
+	msg_add(err, problem);
+	if (value) {
+		msg_add(err, " \"");
+		msg_addn(err, value, 64);
+		msg_add(err, "\"");
+	}
 	return -1;
 }
 
@@ -1786,60 +1830,70 @@ static bool is_abs(const char *s)
 	return s && s[0] == '/';
 }
 
-/* Checks a text that must be non-empty when present; NULL passes. */
-static int check_set(struct decode_error *err, const char *what, const char *s)
+static bool is_empty(const char *s)
 {
-	return s && !*s ? vfail(err, "%s is empty", what) : 0;
+	return !s || !*s;
 }
 
-static int check_path(struct decode_error *err, const char *what, size_t i, const char *s)
+/* A text that must be non-empty when present (NULL passes). */
+static int check_set(struct decode_error *err, const char *what, const char *s)
 {
-	return is_abs(s) ? 0 : vfail(err, "%s[%zu]: path \"%.64s\" is not absolute", what, i, s ? s : "");
+	return s && !*s ? vfail(err, what, -1, "is empty", NULL) : 0;
+}
+
+static int check_path(struct decode_error *err, const char *what, long i, const char *s)
+{
+	return is_abs(s) ? 0 : vfail(err, what, i, "path is not absolute", s ? s : "");
 }
 
 static int check_env(struct decode_error *err, const char *what, const struct env_var *e, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		if (!e[i].key || !*e[i].key || strchr(e[i].key, '='))
-			return vfail(err, "%s[%zu]: invalid key \"%.64s\"", what, i, e[i].key ? e[i].key : "");
+		if (is_empty(e[i].key) || strchr(e[i].key, '='))
+			return vfail(err, what, (long)i, "invalid key", e[i].key ? e[i].key : "");
 	return 0;
 }
 
 static int check_root(struct decode_error *err, const struct block_root *r)
 {
 	if (r->kind == BLOCK_ROOT_DISK_IMAGE)
-		return check_path(err, "block_root.device", 0, r->device) ||
+		return check_path(err, "block_root.device", -1, r->device) ||
 		       check_set(err, "block_root.fstype", r->fstype);
-	if (check_path(err, "block_root.lower", 0, r->lower))
+	if (check_path(err, "block_root.lower", -1, r->lower))
 		return -1;
-	if (r->upper.kind == UPPER_DEVICE)
-		return check_path(err, "block_root.upper.device", 0, r->upper.device) ||
-		       check_set(err, "block_root.upper.fstype", r->upper.fstype) ||
-		       (r->upper.fstype ? 0 : vfail(err, "block_root.upper.fstype is missing"));
-	return 0;
+	if (r->upper.kind != UPPER_DEVICE)
+		return 0;
+	if (check_path(err, "block_root.upper.device", -1, r->upper.device))
+		return -1;
+	return is_empty(r->upper.fstype) ? vfail(err, "block_root.upper.fstype", -1, "is empty", NULL) : 0;
 }
 
 static int check_mounts(struct decode_error *err, const struct bootstrap *b)
 {
 	size_t i;
 
-	for (i = 0; i < b->ndir_mounts; i++)
-		if (check_set(err, "dir_mounts tag", b->dir_mounts[i].tag ? b->dir_mounts[i].tag : "") ||
-		    check_path(err, "dir_mounts", i, b->dir_mounts[i].guest_path))
+	for (i = 0; i < b->ndir_mounts; i++) {
+		if (is_empty(b->dir_mounts[i].tag))
+			return vfail(err, "dir_mounts", (long)i, "tag is empty", NULL);
+		if (check_path(err, "dir_mounts", (long)i, b->dir_mounts[i].guest_path))
 			return -1;
-	for (i = 0; i < b->nfile_mounts; i++)
-		if (check_set(err, "file_mounts tag", b->file_mounts[i].tag ? b->file_mounts[i].tag : "") ||
-		    check_set(err, "file_mounts filename",
-			      b->file_mounts[i].filename ? b->file_mounts[i].filename : "") ||
-		    check_path(err, "file_mounts", i, b->file_mounts[i].guest_path))
+	}
+	for (i = 0; i < b->nfile_mounts; i++) {
+		if (is_empty(b->file_mounts[i].tag) || is_empty(b->file_mounts[i].filename))
+			return vfail(err, "file_mounts", (long)i, "tag or filename is empty", NULL);
+		if (check_path(err, "file_mounts", (long)i, b->file_mounts[i].guest_path))
 			return -1;
-	for (i = 0; i < b->ndisk_mounts; i++)
-		if (check_set(err, "disk_mounts id", b->disk_mounts[i].id ? b->disk_mounts[i].id : "") ||
-		    check_set(err, "disk_mounts fstype", b->disk_mounts[i].fstype) ||
-		    check_path(err, "disk_mounts", i, b->disk_mounts[i].guest_path))
+	}
+	for (i = 0; i < b->ndisk_mounts; i++) {
+		if (is_empty(b->disk_mounts[i].id))
+			return vfail(err, "disk_mounts", (long)i, "id is empty", NULL);
+		if (b->disk_mounts[i].fstype && !*b->disk_mounts[i].fstype)
+			return vfail(err, "disk_mounts", (long)i, "fstype is empty", NULL);
+		if (check_path(err, "disk_mounts", (long)i, b->disk_mounts[i].guest_path))
 			return -1;
+	}
 	for (i = 0; i < b->ntmpfs_mounts; i++)
-		if (check_path(err, "tmpfs_mounts", i, b->tmpfs_mounts[i].path))
+		if (check_path(err, "tmpfs_mounts", (long)i, b->tmpfs_mounts[i].path))
 			return -1;
 	return 0;
 }
@@ -1848,20 +1902,40 @@ static int check_rlimits(struct decode_error *err, const struct exec_rlimit *r, 
 {
 	for (size_t i = 0; i < n; i++) {
 		if (!r[i].resource || rlimit_lookup(r[i].resource, true) < 0)
-			return vfail(err, "rlimits[%zu]: unknown resource \"%.32s\"", i,
+			return vfail(err, "rlimits", (long)i, "unknown resource",
 				     r[i].resource ? r[i].resource : "");
 		if (r[i].soft > r[i].hard)
-			return vfail(err, "rlimits[%zu]: soft limit above hard limit", i);
+			return vfail(err, "rlimits", (long)i, "soft limit above hard limit", NULL);
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(r[i].resource, r[j].resource))
-				return vfail(err, "rlimits: \"%.32s\" given twice", r[i].resource);
+				return vfail(err, "rlimits", (long)i, "resource given twice", r[i].resource);
 	}
 	return 0;
 }
 
+static int check_network(struct decode_error *err, const struct net_config *net)
+{
+	if (is_empty(net->interface))
+		return vfail(err, "network.interface", -1, "is empty", NULL);
+	if (net->has_ipv4 && net->ipv4.prefix_len > 32)
+		return vfail(err, "network.ipv4.prefix_len", -1, "above 32", NULL);
+	if (net->has_ipv6 && net->ipv6.prefix_len > 128)
+		return vfail(err, "network.ipv6.prefix_len", -1, "above 128", NULL);
+	return 0;
+}
+
+static int check_handoff(struct decode_error *err, const struct handoff_init *h)
+{
+	if (!is_abs(h->cmd) && (!h->cmd || strcmp(h->cmd, "auto")))
+		return vfail(err, "handoff_init.cmd", -1, "is neither an absolute path nor \"auto\"",
+			     h->cmd ? h->cmd : "");
+	if (h->cwd && !is_abs(h->cwd))
+		return vfail(err, "handoff_init.cwd", -1, "path is not absolute", h->cwd);
+	return check_env(err, "handoff_init.env", h->env, h->nenv);
+}
+
 int bootstrap_validate(const struct bootstrap *b, struct decode_error *err)
 {
-	const struct handoff_init *h = &b->handoff_init;
 	struct decode_error local;
 
 	if (!err)
@@ -1869,25 +1943,11 @@ int bootstrap_validate(const struct bootstrap *b, struct decode_error *err)
 	err->msg[0] = 0;
 	if ((b->has_block_root && check_root(err, &b->block_root)) || check_mounts(err, b) ||
 	    check_set(err, "hostname", b->hostname) || check_set(err, "host_alias", b->host_alias) ||
-	    check_set(err, "user", b->user) || check_set(err, "default_cwd", b->default_cwd) ||
+	    (b->has_network && check_network(err, &b->network)) ||
 	    check_rlimits(err, b->rlimits, b->nrlimits) ||
-	    check_env(err, "default_env", b->default_env, b->ndefault_env))
+	    check_set(err, "user", b->user) || check_set(err, "default_cwd", b->default_cwd) ||
+	    check_env(err, "default_env", b->default_env, b->ndefault_env) ||
+	    (b->has_handoff_init && check_handoff(err, &b->handoff_init)))
 		return -1;
-	if (b->has_network) {
-		if (check_set(err, "network.interface", b->network.interface ? b->network.interface : ""))
-			return -1;
-		if (b->network.has_ipv4 && b->network.ipv4.prefix_len > 32)
-			return vfail(err, "network.ipv4.prefix_len %u > 32", b->network.ipv4.prefix_len);
-		if (b->network.has_ipv6 && b->network.ipv6.prefix_len > 128)
-			return vfail(err, "network.ipv6.prefix_len %u > 128", b->network.ipv6.prefix_len);
-	}
-	if (b->has_handoff_init) {
-		if (!h->cmd || (!is_abs(h->cmd) && strcmp(h->cmd, "auto")))
-			return vfail(err, "handoff_init.cmd must be an absolute path or \"auto\"");
-		if (h->cwd && !is_abs(h->cwd))
-			return vfail(err, "handoff_init.cwd must be an absolute path");
-		if (check_env(err, "handoff_init.env", h->env, h->nenv))
-			return -1;
-	}
 	return 0;
 }

@@ -1321,11 +1321,11 @@ static void test_bootstrap_validate(void)
 	t = b; t.default_env = env; t.ndefault_env = 1;
 	expect_invalid(t, "invalid key");
 	t = b; t.dir_mounts = dm; t.ndir_mounts = 1;
-	expect_invalid(t, "not absolute");
+	expect_invalid(t, "dir_mounts[0]: path is not absolute \"relative\"");
 	t = b; t.disk_mounts = dk; t.ndisk_mounts = 1;
-	expect_invalid(t, "disk_mounts id is empty");
+	expect_invalid(t, "disk_mounts[0]: id is empty");
 	t = b; t.hostname = "";
-	expect_invalid(t, "hostname is empty");
+	expect_invalid(t, "bootstrap: hostname: is empty");
 	t = b; t.has_network = true; t.network.interface = "eth0"; t.network.has_ipv4 = true;
 	t.network.ipv4.prefix_len = 33;
 	expect_invalid(t, "prefix_len");
@@ -1341,9 +1341,21 @@ static void test_bootstrap_validate(void)
 	expect_invalid(t, "handoff_init.cwd");
 	t = b; t.has_block_root = true; t.block_root.kind = BLOCK_ROOT_OCI_EROFS; t.block_root.lower = "/dev/vda";
 	t.block_root.upper.kind = UPPER_DEVICE; t.block_root.upper.device = "/dev/vdb";
-	expect_invalid(t, "upper.fstype");
+	expect_invalid(t, "upper.fstype: is empty");
 	t.block_root.upper.fstype = "ext4";
 	CHECK(bootstrap_validate(&t, &err) == 0);
+	/* a long non-ASCII value is cut on a character boundary */
+	{
+		char path[128] = "a";
+
+		for (int i = 0; i < 40; i++)
+			strcat(path, "\xc3\xa9");
+		dm[0].guest_path = path;
+		t = b; t.dir_mounts = dm; t.ndir_mounts = 1;
+		expect_invalid(t, "not absolute \"a\xc3\xa9");
+		CHECK(bootstrap_validate(&t, &err) == -1 && strstr(err.msg, "\xc3\xa9\"") != NULL &&
+		      strlen(strstr(err.msg, "\"a")) == 2 + 62 + 1);
+	}
 	CHECK_EQ_INT(rlimit_lookup("NoFile", true), 7);
 	CHECK_EQ_INT(rlimit_lookup("NoFile", false), -1);
 	CHECK_EQ_INT(rlimit_lookup("rttime", false), 15);
