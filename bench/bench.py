@@ -330,15 +330,25 @@ umount /sys
 exec %(agent)s
 """
 
-# The raw-port baseline: open the port, tell the host ("S"), swallow
-# IN bytes, say "R", write OUT bytes of zeros, wait for the host's "D",
-# power off.  The host times both transfers.
+# The raw-port baseline.  The guest opens the port and, with the host
+# timing each transfer between one-byte markers:
+#   S  host -> guest IN bytes, read by dd straight from the port      R
+#      guest -> host OUT bytes, written by dd straight to the port    (host: D)
+#   P  host -> guest IN bytes, port -> dd -> pipe -> dd               Q
+#      guest -> host OUT bytes, dd -> pipe -> dd -> port              (host: E)
+# then powers off.  The pipe variants are the limit for any agent that
+# relays a child's pipe: one extra process hop and copy, no framing.
 RAW_TAIL = """mount -t devtmpfs devtmpfs /dev
 exec 3<>/dev/$PORT
 printf S >&3
 dd of=/dev/null bs=%(bs)d count=%(incount)d iflag=fullblock 2>/dev/null <&3
 printf R >&3
 dd if=/dev/zero bs=%(bs)d count=%(count)d 2>/dev/null >&3
+head -c 1 <&3 >/dev/null
+printf P >&3
+dd bs=%(bs)d count=%(incount)d iflag=fullblock 2>/dev/null <&3 | dd of=/dev/null bs=%(bs)d 2>/dev/null
+printf Q >&3
+dd if=/dev/zero bs=%(bs)d count=%(count)d 2>/dev/null | dd bs=%(bs)d 2>/dev/null >&3
 head -c 1 <&3 >/dev/null
 poweroff -f
 """
@@ -467,8 +477,36 @@ def vm_ready_only(kind, images):
 	return r
 
 
+def expect_marker(s, m):
+	got = s.recv(1)
+	if got != m:
+		raise RuntimeError("raw port: expected marker %r, got %r" % (m, got))
+
+
+def time_h2g(s, nbytes, start, done):
+	expect_marker(s, start)
+	t = time.perf_counter()
+	s.sendall(b"\0" * nbytes)
+	expect_marker(s, done)
+	return nbytes / (time.perf_counter() - t)
+
+
+def time_g2h(s, nbytes, ack):
+	t = time.perf_counter()
+	got = 0
+	while got < nbytes:
+		chunk = s.recv(min(1 << 20, nbytes - got))
+		if not chunk:
+			raise RuntimeError("raw port: EOF after %d bytes" % got)
+		got += len(chunk)
+	bps = nbytes / (time.perf_counter() - t)
+	s.sendall(ack)
+	return bps
+
+
 def vm_raw_port(images, o, timeout=180):
-	"""Bytes/s the bare port carries, host->guest and guest->host."""
+	"""Bytes/s the bare port carries, host->guest and guest->host, with a
+	guest program on the port and with one pipe hop in between."""
 	rt = tempfile.mkdtemp(prefix="agentd-bench-rt-")
 	vm = vmlib.VM(images.paths["raw"], runtime_dir=rt)
 	vm.bench_rt = rt
@@ -476,26 +514,14 @@ def vm_raw_port(images, o, timeout=180):
 	try:
 		s = accept(vm, timeout)
 		s.settimeout(timeout)
-		if s.recv(1) != b"S":
-			raise RuntimeError("raw port: no start marker")
-		t = time.perf_counter()
-		s.sendall(b"\0" * o.vm_stdin)
-		if s.recv(1) != b"R":
-			raise RuntimeError("raw port: no read marker")
-		t_in = time.perf_counter() - t
-		t = time.perf_counter()
-		want = (o.vm_stdout // DD_BS) * DD_BS
-		got = 0
-		while got < want:
-			chunk = s.recv(1 << 20)
-			if not chunk:
-				raise RuntimeError("raw port: EOF after %d bytes" % got)
-			got += len(chunk)
-		t_out = time.perf_counter() - t
-		s.sendall(b"D")
+		out = (o.vm_stdout // DD_BS) * DD_BS
+		r = {"h2g_Bps": time_h2g(s, o.vm_stdin, b"S", b"R"),
+		     "g2h_Bps": time_g2h(s, out, b"D"),
+		     "h2g_pipe_Bps": time_h2g(s, o.vm_stdin, b"P", b"Q"),
+		     "g2h_pipe_Bps": time_g2h(s, out, b"E")}
 		vm.wait_exit(10)
 		s.close()
-		return {"h2g_Bps": o.vm_stdin / t_in, "g2h_Bps": want / t_out}
+		return r
 	except BaseException:
 		log("raw port run failed; console:\n%s" % vm.console()[-3000:])
 		raise
@@ -549,8 +575,8 @@ VM_ROWS = [
 	("start_to_ready_s", "VM agent start to ready", "ms", 1e3, "low", 0.5, None),
 	("wall_to_ready_s", "VM host wall time to ready", "s", 1, "low", None, None),
 	("exec_rtt_median_s", "VM exec RTT `true` (median of 100)", "ms", 1e3, "low", 0.7, None),
-	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", 1.0, "g2h_Bps"),
-	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", 1.0, "h2g_Bps"),
+	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", 1.0, "g2h"),
+	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", 1.0, "h2g"),
 	("VmRSS", "VM agent VmRSS after run", "kB", 1, "low", 0.25, None),
 	("VmHWM", "VM agent VmHWM after run", "kB", 1, "low", 0.25, None),
 ]
@@ -560,7 +586,7 @@ def build_table(host, vm, sizes, o):
 	rows = []
 
 	def row(label, unit, ours, peer=None, better=None, target=None, raw=None,
-		scale=1.0):
+		scale=1.0, raw_pipe=None):
 		r = {"metric": label, "unit": unit,
 		     "ours": None if ours is None else ours * scale,
 		     "peer": None if peer is None else peer * scale,
@@ -575,6 +601,11 @@ def build_table(host, vm, sizes, o):
 			r["ours_of_raw"] = ours / raw
 			if peer:
 				r["peer_of_raw"] = peer / raw
+		if raw_pipe and ours is not None:
+			r["raw_port_pipe"] = raw_pipe * scale
+			r["ours_of_raw_pipe"] = ours / raw_pipe
+			if peer:
+				r["peer_of_raw_pipe"] = peer / raw_pipe
 		rows.append(r)
 
 	row("binary size", "bytes", sizes["ours"], sizes.get("peer"), "low", 0.05)
@@ -582,7 +613,8 @@ def build_table(host, vm, sizes, o):
 		ours, peer, raw = vm["ours"], vm["peer"], vm["raw"]
 		for key, label, unit, scale, better, target, rawkey in VM_ROWS:
 			row(label, unit, med(ours, key), med(peer, key), better, target,
-			    med(raw, rawkey) if rawkey else None, scale)
+			    med(raw, rawkey + "_Bps") if rawkey else None, scale,
+			    med(raw, rawkey + "_pipe_Bps") if rawkey else None)
 		if peer:
 			row("VM start to ready, module loading included", "ms",
 			    med(ours, "start_to_ready_s"),
@@ -596,6 +628,10 @@ def build_table(host, vm, sizes, o):
 			    med(peer, "wall_to_ready_s"), "low", None, None, 1)
 		row("VM raw port guest->host", "MB/s", med(raw, "g2h_Bps"), scale=1e-6)
 		row("VM raw port host->guest", "MB/s", med(raw, "h2g_Bps"), scale=1e-6)
+		row("VM raw port guest->host, one pipe hop", "MB/s",
+		    med(raw, "g2h_pipe_Bps"), scale=1e-6)
+		row("VM raw port host->guest, one pipe hop", "MB/s",
+		    med(raw, "h2g_pipe_Bps"), scale=1e-6)
 	if host:
 		row("host exec RTT `true` median (n=%d)" % host["exec_rtt_n"], "ms",
 		    host["exec_rtt_median_s"], scale=1e3)
@@ -633,7 +669,8 @@ def fmt(v, unit):
 
 
 def print_table(rows, out=sys.stdout):
-	hdr = ("metric", "unit", "ours", "peer", "ours/peer", "target", "of raw port")
+	hdr = ("metric", "unit", "ours", "peer", "ours/peer", "target",
+	       "of raw port (of port+pipe)")
 	lines = []
 	for r in rows:
 		ratio = "%.3f" % r["ratio"] if "ratio" in r else "-"
@@ -645,8 +682,12 @@ def print_table(rows, out=sys.stdout):
 		raw = "-"
 		if "ours_of_raw" in r:
 			raw = "ours %.0f%%" % (100 * r["ours_of_raw"])
+			if "ours_of_raw_pipe" in r:
+				raw += " (%.0f%%)" % (100 * r["ours_of_raw_pipe"])
 			if "peer_of_raw" in r:
 				raw += ", peer %.0f%%" % (100 * r["peer_of_raw"])
+			if "peer_of_raw_pipe" in r:
+				raw += " (%.0f%%)" % (100 * r["peer_of_raw_pipe"])
 		lines.append((r["metric"], r["unit"], fmt(r["ours"], r["unit"]),
 			      fmt(r["peer"], r["unit"]), ratio, target, raw))
 	w = [max(len(x[i]) for x in lines + [hdr]) for i in range(len(hdr))]
