@@ -620,10 +620,10 @@ def build_table(host, vm, sizes, o):
 			    med(ours, "start_to_ready_s"),
 			    med(peer, "start_to_ready_with_modules_s"), "low", 0.5, None, 1e3)
 		if vm.get("ours-helper"):
-			row("VM start to ready, both behind the helper /init (no module loading)", "ms",
+			row("VM start to ready, both behind helper /init", "ms",
 			    med(vm["ours-helper"], "start_to_ready_s"),
 			    med(peer, "start_to_ready_s"), "low", 0.5, None, 1e3)
-			row("VM wall time to ready, both behind the helper /init", "s",
+			row("VM wall to ready, both behind helper /init", "s",
 			    med(vm["ours-helper"], "wall_to_ready_s"),
 			    med(peer, "wall_to_ready_s"), "low", None, None, 1)
 		row("VM raw port guest->host", "MB/s", med(raw, "g2h_Bps"), scale=1e-6)

@@ -7,8 +7,8 @@ it is not, grey where there is no target.  The target is a black tick.
 import math
 from xml.sax.saxutils import escape
 
-WIDTH = 900
-LABEL_W = 330
+WIDTH = 960
+LABEL_W = 360
 ROW_H = 26
 TOP = 56
 LO, HI = 0.01, 10.0      # ratio range of the axis (log scale)
