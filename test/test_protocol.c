@@ -1177,6 +1177,11 @@ static void test_cbor_edges(void)
 		strcat(deep, "81");
 	strcat(deep, "00");
 	expect_err(MSG_EXEC_SIGNAL, 1, deep, "too deep");
+	strcpy(deep, "a263636d6461786461726773");  /* {"cmd": "x", "args": [[[...]]]} */
+	for (i = 0; i < 20; i++)
+		strcat(deep, "81");
+	strcat(deep, "00");
+	expect_err(MSG_EXEC_REQUEST, 1, deep, "field \"args\": nesting too deep");
 	/* externally tagged: indefinite, two entries, unknown variant */
 	expect_err(MSG_FS_REQUEST, 1, "a1626f70bf6453746174a1647061746861", "exactly one entry");
 	expect_err(MSG_FS_REQUEST, 1, "a1626f70a1644c697374a0", "field \"op.path\": missing");
