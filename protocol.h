@@ -488,8 +488,12 @@ int envelope_decode_arena(const uint8_t *body, size_t n, struct envelope *env,
 /*
  * Decode the payload of a message of type t with the schemas of gen
  * (1 or 7).  Fills defaults, ignores unknown keys, rejects wrong types,
- * duplicate keys, out-of-range integers and NUL in strings that become
- * paths, argv or environment.  0, or -1 with err naming the field.
+ * duplicate keys, out-of-range integers and an embedded NUL in any text
+ * (every text becomes a C string: a path, argv, environment...).
+ * 0, or -1 with err naming the field path, e.g.
+ * "bootstrap: field \"network.mac\": expected array".  Decoded text and
+ * arrays live in a; definite byte strings point into payload.
+ * core.shutdown is never decoded: u.shutdown.raw is the payload.
  */
 int payload_decode(enum msg_type t, uint8_t gen, struct slice payload,
 		   struct msg *out, struct arena *a, struct decode_error *err);
