@@ -257,8 +257,12 @@ static int next_entry(struct cbor_in *in, const struct head *h, uint64_t *left)
 {
 	int r;
 
-	if (h->ai != 31)
-		return *left ? ((*left)--, 1) : 0;
+	if (h->ai != 31) {
+		if (!*left)
+			return 0;
+		(*left)--;
+		return 1;
+	}
 	r = at_break(in);
 	return r < 0 ? -1 : !r;
 }
@@ -314,7 +318,7 @@ static bool utf8_ok(const uint8_t *s, size_t n)
 static int read_str(struct cbor_in *in, const struct head *h, struct slice *out)
 {
 	const uint8_t *start = in->p;
-	struct head c;
+	struct head c = { 0 };
 	size_t total = 0;
 	uint8_t *d;
 	int r;
