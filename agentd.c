@@ -13,7 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdio.h>
+#include <stdio.h>  /* snprintf only */
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
@@ -623,29 +623,36 @@ static bool shutdown_done(struct agent *a)
 
 /* ---- setup ---- */
 
-static void usage(FILE *f)
+static const char usage_text[] =
+	"usage: agentd [--port PATH | --port-fd N] [--init]\n"
+	"              [--runtime-dir DIR] [--heartbeat-interval SECONDS]\n"
+	"  --port PATH    character device, or a Unix socket to connect to\n"
+	"  --port-fd N    an inherited, connected fd (tests, development)\n"
+	"  --init         do the PID 1 duties even when not PID 1\n"
+	"  --runtime-dir  runtime directory (default /.msb)\n"
+	"  --heartbeat-interval  seconds between heartbeats (default 5)\n"
+	"Without --port/--port-fd the virtio port named \"agent\" is used.\n";
+
+/* No stdio in the agent: the usage goes out with one write. */
+static void usage(int fd)
 {
-	fputs("usage: agentd [--port PATH | --port-fd N] [--init]\n"
-	      "              [--runtime-dir DIR] [--heartbeat-interval SECONDS]\n"
-	      "  --port PATH    character device, or a Unix socket to connect to\n"
-	      "  --port-fd N    an inherited, connected fd (tests, development)\n"
-	      "  --init         do the PID 1 duties even when not PID 1\n"
-	      "  --runtime-dir  runtime directory (default /.msb)\n"
-	      "  --heartbeat-interval  seconds between heartbeats (default 5)\n"
-	      "Without --port/--port-fd the virtio port named \"agent\" is used.\n", f);
+	if (write(fd, usage_text, sizeof(usage_text) - 1) < 0)
+		return;
 }
 
 static bool parse_uint(const char *s, unsigned max, unsigned *out)
 {
-	char *end;
-	unsigned long v;
+	unsigned long v = 0;
 
-	if (!s || *s < '0' || *s > '9')
+	if (!s || !*s)
 		return false;
-	errno = 0;
-	v = strtoul(s, &end, 10);
-	if (errno || *end || v > max)
-		return false;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		v = v * 10 + (*s - '0');
+		if (v > max)
+			return false;
+	}
 	*out = v;
 	return true;
 }
@@ -661,7 +668,7 @@ static int parse_options(int argc, char **argv, struct agent *a,
 		const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
 
 		if (!strcmp(arg, "--help")) {
-			usage(stdout);
+			usage(STDOUT_FILENO);
 			return 1;
 		} else if (!strcmp(arg, "--init")) {
 			o->init = true;
@@ -682,8 +689,8 @@ static int parse_options(int argc, char **argv, struct agent *a,
 			/* The kernel hands init its unknown boot arguments. */
 			continue;
 		} else {
-			fprintf(stderr, "agentd: bad option or value: %s\n", arg);
-			usage(stderr);
+			agent_log("bad option or value: %s", arg);
+			usage(STDERR_FILENO);
 			return -1;
 		}
 	}

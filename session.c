@@ -766,12 +766,13 @@ static void __attribute__((noreturn)) child_run(const struct spawn *sp,
 	syscall(SYS_close_range, 3, ~0u, 4 /* CLOSE_RANGE_CLOEXEC */);
 	if (sp->cwd && chdir(sp->cwd) < 0)
 		child_fail(errfd, ST_CWD, errno);
+	/* Raw syscalls: libc's wrappers synchronise threads (none here). */
 	if (sp->switch_user) {
-		if (setgroups(sp->ngroups, sp->groups) < 0)
+		if (syscall(SYS_setgroups, sp->ngroups, sp->groups) < 0)
 			child_fail(errfd, ST_GROUPS, errno);
-		if (setgid(sp->gid) < 0)
+		if (syscall(SYS_setgid, sp->gid) < 0)
 			child_fail(errfd, ST_GID, errno);
-		if (setuid(sp->uid) < 0)
+		if (syscall(SYS_setuid, sp->uid) < 0)
 			child_fail(errfd, ST_UID, errno);
 	}
 	for (i = 0; i < sp->nlimits; i++)
