@@ -84,6 +84,7 @@ struct session {
 	bool stdin_eof;       /* host sent EOF: close once the queue drains */
 	bool stdin_dead;      /* closed or given up: drop further bytes */
 	bool out_paused;      /* not read for lack of output room */
+	bool pty_eof;         /* master read EIO: all slave ends closed */
 	uint64_t stdin_since; /* last stdin progress, CLOCK_MONOTONIC ns */
 	struct stdin_queue q;
 	struct watch errp;    /* exec error pipe, until exec or failure */
@@ -167,7 +168,9 @@ static void session_free(struct agent *a, struct session *s)
 /* Exited goes out only after the last output byte and the reap. */
 static void session_maybe_finish(struct agent *a, struct session *s)
 {
-	if (!s->started || !s->reaped || s->out.fd >= 0 || s->err.fd >= 0)
+	bool out_open = s->tty ? !s->pty_eof : s->out.fd >= 0;
+
+	if (!s->started || !s->reaped || out_open || s->err.fd >= 0)
 		return;
 	send_exited(a, s->id, s->status, true);
 	session_free(a, s);
@@ -200,7 +203,7 @@ static void session_update(struct agent *a, struct session *s)
 		else
 			in_ev = EPOLLOUT;
 	}
-	if (s->out.fd >= 0)
+	if (s->out.fd >= 0 && !s->pty_eof)
 		agent_watch_set(a, &s->out, out_ev);
 	if (s->err.fd >= 0)
 		agent_watch_set(a, &s->err, err_ev);
@@ -248,13 +251,14 @@ static bool output_read(struct agent *a, struct session *s, struct watch *w,
 }
 
 static void stdin_flush(struct agent *a, struct session *s);
+static void stdin_close(struct agent *a, struct session *s);
 
 static void on_output(struct agent *a, struct session *s, struct watch *w,
 		      uint32_t events, enum msg_type t)
 {
 	if (s->tty && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && stdin_pending(s))
 		stdin_flush(a, s);
-	if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || w->fd < 0)
+	if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || w->fd < 0 || s->pty_eof)
 		return;
 	if (!agent_out_room(a)) {
 		session_update(a, s);
@@ -263,9 +267,16 @@ static void on_output(struct agent *a, struct session *s, struct watch *w,
 	/* EPOLLHUP alone is no end of data (SPEC 5.4): read to EOF/EIO. */
 	if (output_read(a, s, w, t))
 		return;
-	close_watch(a, w);
-	if (s->tty)
-		stdin_discard(a, s);
+	if (s->tty) {
+		/* Closing the master would hang up the terminal and SIGHUP a
+		 * session leader that closed its fds but has not exited yet:
+		 * keep it open until the session ends. */
+		agent_unwatch(a, w);
+		s->pty_eof = true;
+		stdin_close(a, s);
+	} else {
+		close_watch(a, w);
+	}
 	session_maybe_finish(a, s);
 }
 
@@ -295,7 +306,7 @@ static void stdin_close(struct agent *a, struct session *s)
 
 static void stdin_flush(struct agent *a, struct session *s)
 {
-	int fd = s->tty ? s->out.fd : s->in.fd;
+	int fd = s->tty ? (s->pty_eof ? -1 : s->out.fd) : s->in.fd;
 
 	while (stdin_pending(s) && fd >= 0) {
 		ssize_t n = write(fd, s->q.buf + s->q.head, stdin_pending(s));

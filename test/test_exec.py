@@ -522,3 +522,11 @@ def test_round_trip_true(agent, figures):
     if not SANITIZED:
         figures.record("median round trip of `true` (request to exited, 200 runs)",
                        statistics.median(times) * 1000, "ms")
+
+
+def test_pty_leader_closing_its_fds_is_not_hung_up(agent):
+    # The slave is closed (master reads EIO) before the leader exits: the
+    # agent must not hang up the terminal (SIGHUP) under the leader's feet.
+    res = agent.run("sh", "-c", "echo bye; exec 0<&- 1>&- 2>&-; sleep 0.3; exit 7", tty=True)
+    assert res.stdout == b"bye\r\n"
+    assert res.code == 7 and res.signal is None
