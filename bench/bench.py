@@ -669,9 +669,21 @@ def fmt(v, unit):
 
 
 def print_table(rows, out=sys.stdout):
+	lines = table_lines(rows)
+	w = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
+	sep = "  "
+	print(sep.join(h.ljust(w[i]) for i, h in enumerate(lines[0])), file=out)
+	print(sep.join("-" * w[i] for i in range(len(w))), file=out)
+	for x in lines[1:]:
+		print(sep.join(c.ljust(w[i]) if i < 2 else c.rjust(w[i])
+			       for i, c in enumerate(x)), file=out)
+
+
+def table_lines(rows):
+	"""The table as rows of strings: header first."""
 	hdr = ("metric", "unit", "ours", "peer", "ours/peer", "target",
 	       "of raw port (of port+pipe)")
-	lines = []
+	lines = [hdr]
 	for r in rows:
 		ratio = "%.3f" % r["ratio"] if "ratio" in r else "-"
 		if "meets_target" in r:
@@ -690,13 +702,40 @@ def print_table(rows, out=sys.stdout):
 				raw += " (%.0f%%)" % (100 * r["peer_of_raw_pipe"])
 		lines.append((r["metric"], r["unit"], fmt(r["ours"], r["unit"]),
 			      fmt(r["peer"], r["unit"]), ratio, target, raw))
-	w = [max(len(x[i]) for x in lines + [hdr]) for i in range(len(hdr))]
-	sep = "  "
-	print(sep.join(h.ljust(w[i]) for i, h in enumerate(hdr)), file=out)
-	print(sep.join("-" * w[i] for i in range(len(hdr))), file=out)
-	for x in lines:
-		print(sep.join(c.ljust(w[i]) if i < 2 else c.rjust(w[i])
-			       for i, c in enumerate(x)), file=out)
+	return lines
+
+
+def markdown_table(rows):
+	lines = table_lines(rows)
+	out = ["| " + " | ".join(lines[0]) + " |",
+	       "|" + "|".join(["---", "---"] + ["--:"] * (len(lines[0]) - 2)) + "|"]
+	for x in lines[1:]:
+		out.append("| " + " | ".join(c.replace("|", "\\|") for c in x) + " |")
+	return "\n".join(out) + "\n"
+
+
+README_BEGIN = "<!-- bench results: written by bench.py -->"
+README_END = "<!-- end of bench results -->"
+
+
+def update_readme(result):
+	"""Put the latest table into bench/README.md between the markers."""
+	path = os.path.join(HERE, "README.md")
+	with open(path) as f:
+		text = f.read()
+	a, b = text.find(README_BEGIN), text.find(README_END)
+	if a < 0 or b < a:
+		return
+	m = result["machine"]
+	block = "%s\n\nRun of %s at commit %s on %s (%d CPUs), %s, guest kernel %s, %s, %.0f s.\n\n%s" % (
+		README_BEGIN, result["date"], result["git"], m["cpu"], m["cpus"], m["qemu"],
+		os.path.basename(m["guest_kernel"] or "?"), m["accel"].upper(),
+		result["duration_s"], markdown_table(result["table"]))
+	if result["notes"]:
+		block += "\n" + "".join("Note: %s\n" % n for n in result["notes"])
+	with open(path + ".tmp", "w") as f:
+		f.write(text[:a] + block + "\n" + text[b:])
+	os.replace(path + ".tmp", path)
 
 
 def machine_info():
@@ -796,6 +835,8 @@ def main():
 		with open(os.path.join(o.out, ("quick-" if o.quick else "") + "ratios.svg"),
 			  "w") as f:
 			f.write(svg)
+	if not o.quick and os.path.abspath(o.out) == os.path.join(HERE, "results"):
+		update_readme(result)
 	log("done in %.0f s; results in %s" % (result["duration_s"], o.out))
 
 
