@@ -259,7 +259,8 @@ static bool port_read_blocked(struct agent *a)
 	return sessions_stdin_blocked(a, agent_clock_ns(CLOCK_MONOTONIC));
 }
 
-static void port_update(struct agent *a)
+/* want_out: wake on writability even with nothing queued (after_events). */
+static void port_watch(struct agent *a, bool want_out)
 {
 	uint32_t ev = 0;
 
@@ -267,11 +268,16 @@ static void port_update(struct agent *a)
 	if (!a->port_eof) {
 		if (!a->reading_paused && !a->shutting_down)
 			ev |= EPOLLIN;
-		if (out_pending(a))
+		if (out_pending(a) || want_out)
 			ev |= EPOLLOUT;
 	}
 	if (agent_watch_set(a, &a->port_w, ev) < 0)
 		agent_log("epoll port: %s", strerror(errno));
+}
+
+static void port_update(struct agent *a)
+{
+	port_watch(a, false);
 }
 
 static void payload_failed(struct agent *a, uint32_t id, enum msg_type t,
@@ -882,16 +888,26 @@ static void send_ready(struct agent *a)
 	port_flush(a);
 }
 
-/* After every batch of events: write, let producers refill, re-arm. */
+/*
+ * After every batch of events: write, let producers refill, re-arm.  When
+ * they produced, wait for writability even if the port took everything:
+ * a virtio port swallows a whole queue without EAGAIN, and a file read
+ * stream has no fd event of its own to bring the loop back.
+ */
 static void after_events(struct agent *a)
 {
+	bool produced = false;
+
 	port_flush(a);
 	if (agent_out_room(a)) {
+		size_t before = out_pending(a);
+
 		session_pump(a);
 		fs_pump(a);
+		produced = out_pending(a) != before;
 		port_flush(a);
 	}
-	port_update(a);
+	port_watch(a, produced);
 }
 
 static void loop_run(struct agent *a)
