@@ -759,3 +759,22 @@ def test_g7_exec_failed(kind, status):
 def test_g7_refuses_seed_fs_commands():
     r = subprocess.run([AGENTCTL, "--fd", "0", "--g7", "ls", "/"], capture_output=True)
     assert r.returncode == 125 and b"--g7" in r.stderr
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_bytes_from_the_agent_fail_cleanly(seed):
+    import random
+    rnd = random.Random(seed)
+    junk = bytearray(rnd.randbytes(rnd.randrange(1, 3000)))
+    if seed % 2:
+        # A plausible frame header in front, so the envelope decoder runs.
+        junk[:9] = struct.pack(">IIB", len(junk) - 4, 1, rnd.randrange(256))
+    host, fake = socket.socketpair()
+    fake.sendall(READY + bytes(junk))
+    fake.shutdown(socket.SHUT_WR)
+    r = subprocess.run(ctl_args(host, "exec", "--", "true"), pass_fds=(host.fileno(),),
+                       capture_output=True, timeout=30)
+    host.close()
+    fake.close()
+    assert r.returncode == 125, r
+    assert r.stderr.startswith(b"agentctl: "), r.stderr
