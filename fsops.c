@@ -50,7 +50,6 @@ enum stream_kind {
 	ST_READ,
 	ST_WRITE,
 	ST_FAILED, /* write that already answered; drops data until EOF */
-	ST_DEAD,   /* aborted while its fd was in epoll; see fs_abort_all */
 };
 
 struct fs_stream {
@@ -465,7 +464,7 @@ static struct fs_stream *stream_find(const struct agent *a, uint32_t id)
 	struct fs_stream *s;
 
 	for (s = a->fs_streams; s; s = s->next)
-		if (s->id == id && s->kind != ST_DEAD)
+		if (s->id == id)
 			return s;
 	return NULL;
 }
@@ -557,19 +556,6 @@ static void failed_trim(struct agent *a)
 		stream_free(a, oldest);
 }
 
-/* Streams aborted while in epoll are freed later, never under the loop's
- * feet: this runs only from a request, outside any fs watch event. */
-static void streams_reap_dead(struct agent *a)
-{
-	struct fs_stream *s, *next;
-
-	for (s = a->fs_streams; s; s = next) {
-		next = s->next;
-		if (s->kind == ST_DEAD)
-			stream_free(a, s);
-	}
-}
-
 /* ------------------------------------------------------------------ */
 /* Read (6.3)                                                          */
 
@@ -579,12 +565,6 @@ static void read_ready(struct agent *a, struct watch *w, uint32_t events)
 						   offsetof(struct fs_stream, watch));
 
 	(void)events;
-	if (s->kind == ST_DEAD) {
-		/* Already out of epoll and closed by fs_abort_all. */
-		stream_unlink(a, s);
-		free(s);
-		return;
-	}
 	agent_unwatch(a, w);
 	s->watched = false;
 	fs_pump(a);
@@ -1206,7 +1186,6 @@ void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq)
 	struct fs_stream *s;
 	char text[64];
 
-	streams_reap_dead(a);
 	s = stream_find(a, id);
 	if (s && s->kind == ST_FAILED) {
 		stream_free(a, s);  /* that exchange is over */
@@ -1244,20 +1223,7 @@ bool fs_id_live(const struct agent *a, uint32_t id)
 
 void fs_abort_all(struct agent *a)
 {
-	struct fs_stream *s, *next;
-
-	for (s = a->fs_streams; s; s = next) {
-		next = s->next;
-		if (!s->watched) {
-			stream_free(a, s);
-			continue;
-		}
-		/* Its event may already sit in the loop's current batch:
-		 * keep the struct until read_ready or the next request. */
-		agent_unwatch(a, &s->watch);
-		s->watched = false;
-		close_fd(&s->fd);
-		s->kind = ST_DEAD;
-	}
+	while (a->fs_streams)
+		stream_free(a, a->fs_streams);
 	a->nwrites = 0;
 }
