@@ -778,3 +778,43 @@ def test_random_bytes_from_the_agent_fail_cleanly(seed):
     fake.close()
     assert r.returncode == 125, r
     assert r.stderr.startswith(b"agentctl: "), r.stderr
+
+
+def cp_on_a_terminal(*args):
+    """agentctl cp with stderr on a pty; returns what it printed there."""
+    master, slave = pty.openpty()
+    host, agent = spawn_agent()
+    out = b""
+    try:
+        p = subprocess.Popen(ctl_args(host, "cp", *args), pass_fds=(host.fileno(),),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=slave)
+        os.close(slave)
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert p.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        host.close()
+        stop(agent)
+    return out
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(16 << 20))
+    r = run("cp", str(src), ":%s/up1" % tmp_path)
+    assert r.returncode == 0 and r.stderr == b"", r
+    out = cp_on_a_terminal(str(src), ":%s/up2" % tmp_path)
+    assert b"100%" in out and b"MiB/s" in out, out
+    assert (tmp_path / "up2").read_bytes() == src.read_bytes()
+    assert cp_on_a_terminal("-q", str(src), ":%s/up3" % tmp_path) == b""
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 1000)
+    assert cp_on_a_terminal(str(small), ":%s/up4" % tmp_path) == b""
