@@ -6,7 +6,7 @@
  * streams kept on a->fs_streams:
  *
  *  - a read stream sends one chunk of at most FS_READ_CHUNK bytes per
- *    turn, only while the output queue has room, round-robin with the
+ *    turn, only while half the output queue is free, round-robin with the
  *    other read streams (fs_pump), so a download never buffers the file
  *    and never starves an interactive session;
  *  - a write stream writes each core.fs.data chunk synchronously (so a
@@ -637,6 +637,17 @@ static bool read_runnable(const struct fs_stream *s)
 	return s->kind == ST_READ && !s->watched;
 }
 
+/*
+ * File reads take the output queue only down to half its room: sessions
+ * re-arm their pipes in session_pump and read them on the next event, so
+ * if reads filled the queue every round an interactive exec would find
+ * no room, ever.  With half kept free its output always gets queued.
+ */
+static bool read_room(const struct agent *a)
+{
+	return agent_out_room(a) > OUT_SOFT_LIMIT / 2;
+}
+
 void fs_pump(struct agent *a)
 {
 	bool progress = true;
@@ -649,7 +660,7 @@ void fs_pump(struct agent *a)
 			next = s->next;
 			if (!read_runnable(s))
 				continue;
-			if (agent_out_room(a) == 0) {
+			if (!read_room(a)) {
 				/* Next time, start where this round stopped. */
 				streams_rotate_to(a, s);
 				return;

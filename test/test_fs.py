@@ -52,7 +52,7 @@ def spawn(rt_dir, wrapper=None):
 def ag(tmp_path):
     a = spawn(tmp_path / "rt")
     yield a
-    a.close()
+    assert a.close() == 0  # also: no leak reports from the sanitizer build
 
 
 @pytest.fixture
@@ -496,7 +496,7 @@ def test_aborted_upload_leaves_nothing(tmp_path, work, cut):
         frame = encode_frame(i, "core.fs.data", {"data": os.urandom(1 << 20)})
         ag.send_raw(frame[:len(frame) // 2])
     ag.sock.close()  # the host goes away
-    ag.proc.wait(timeout=20)
+    assert ag.proc.wait(timeout=20) == 0
     assert os.listdir(work / "sub") == []
 
 
@@ -712,7 +712,7 @@ def nobody(tmp_path):
     try:
         yield a, base
     finally:
-        a.close()
+        assert a.close() == 0
         shutil.rmtree(base)
 
 
