@@ -220,9 +220,8 @@ static int open_parent(const char *path, const char **base)
 	return open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
 }
 
-static uint64_t random64(void)
+static uint64_t random64(unsigned salt)
 {
-	static uint64_t counter;  /* only a fallback's salt */
 	struct timespec ts;
 	uint64_t r;
 
@@ -232,7 +231,7 @@ static uint64_t random64(void)
 	 * safe, guessing it only lets a process make us retry. */
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	r = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
-	return r ^ (++counter << 32) ^ (uint64_t)getpid();
+	return r ^ ((uint64_t)salt << 40) ^ (uint64_t)getpid();
 }
 
 /*
@@ -246,7 +245,7 @@ static int open_temp(int dirfd, const char *base, char *name, size_t cap)
 
 	for (tries = 0; tries < 16; tries++) {
 		snprintf(name, cap, ".%.180s.%016llx.agentd-tmp", base,
-			 (unsigned long long)random64());
+			 (unsigned long long)random64((unsigned)tries));
 		fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL |
 			    O_NOFOLLOW | O_CLOEXEC, 0666);
 		if (fd >= 0 || errno != EEXIST)
