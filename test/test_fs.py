@@ -483,7 +483,7 @@ def test_write_id_in_use_is_refused(ag, work):
     assert (work / "busy").read_bytes() == b"still mine"
 
 
-@pytest.mark.parametrize("cut", ["between-frames", "mid-frame"])
+@pytest.mark.parametrize("cut", ["between-frames", "mid-frame", "shutdown"])
 def test_aborted_upload_leaves_nothing(tmp_path, work, cut):
     ag = spawn(tmp_path / "rt")
     target = work / "sub" / "upload.bin"
@@ -495,6 +495,9 @@ def test_aborted_upload_leaves_nothing(tmp_path, work, cut):
     if cut == "mid-frame":
         frame = encode_frame(i, "core.fs.data", {"data": os.urandom(1 << 20)})
         ag.send_raw(frame[:len(frame) // 2])
+    if cut == "shutdown":
+        ag.shutdown()
+        assert ag.proc.wait(timeout=20) == 0
     ag.sock.close()  # the host goes away
     assert ag.proc.wait(timeout=20) == 0
     assert os.listdir(work / "sub") == []
