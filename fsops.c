@@ -749,10 +749,14 @@ static int open_replace(struct fs_stream *s, const struct stat *st)
 	if (s->fd >= 0)
 		unlinkat(s->dirfd, name, 0);
 	close_fd(&s->fd);
-	s->fd = fd;
-	if (ftruncate(fd, 0) < 0)
+	close(fd);
+	/* O_TRUNC, not ftruncate: files of /proc and /sys (regular files
+	 * in a directory nobody can create in) accept only the former. */
+	s->fd = openat(s->dirfd, s->base, O_WRONLY | O_TRUNC | O_NOFOLLOW |
+		       O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (s->fd < 0 || clear_nonblock(s->fd) < 0)
 		return errno;
-	return clear_nonblock(fd) < 0 ? errno : 0;
+	return 0;
 }
 
 static int open_new(struct fs_stream *s)

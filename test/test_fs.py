@@ -416,6 +416,11 @@ def test_write_through_symlink_and_special_files_in_place(ag, work):
     assert (work / "created").read_bytes() == b"made"
     assert write_file(ag, "/dev/null", [b"discarded"]) == OK
     assert hidden(work) == []
+    # a regular file where nothing can be created: procfs, written in place
+    comm = "/proc/%d/comm" % ag.proc.pid
+    assert write_file(ag, comm, [b"fs-probe"]) == OK
+    with open(comm, "rb") as f:
+        assert f.read() == b"fs-probe\n"
 
 
 def test_write_failures_answer_once(ag, work):
