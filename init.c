@@ -332,11 +332,21 @@ static int load_line(struct modules *m, char *line, unsigned depth, struct cfg_e
 	return finit_module_path(m, line, (size_t)(colon - line), err);
 }
 
+/* The fstype of MSB_BLOCK_ROOT, when given: its driver may be a module too. */
+static const char *block_root_fstype(void)
+{
+	static struct cfg_block_root br;
+	const char *v = env("MSB_BLOCK_ROOT");
+	struct cfg_err err;
+
+	return v && cfg_parse_block_root(v, &br, &err) == 0 ? br.fstype : NULL;
+}
+
 /* A named module missing from modules.dep is built in or absent: not an error. */
 static void load_modules(void)
 {
 	static struct modules m;
-	const char *list = env("MSB_MODULES");
+	const char *list = env("MSB_MODULES"), *fstype = block_root_fstype();
 	char names[1024], *p = names;
 	struct utsname u;
 	struct cfg_err err;
@@ -357,7 +367,8 @@ static void load_modules(void)
 		return;
 	}
 	m.cmdline = read_file("/proc/cmdline", 65536, &len);
-	snprintf(names, sizeof(names), "%s", list ? list : default_modules);
+	snprintf(names, sizeof(names), "%s%s%s", list ? list : default_modules,
+		 fstype ? "," : "", fstype ? fstype : "");
 	while (p) {
 		char *name = p, *comma = strchr(p, ',');
 		char *line;

@@ -15,7 +15,7 @@ API
 
     VM(initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
        mounts=None, mem=256, net=False, accel="auto", smp=1,
-       workdir=None, qemu_args=())
+       workdir=None, qemu_args=(), disks=())
         initrd       initramfs path (see build_initrd)
         kernel       kernel image (default find_kernel())
         cmdline      extra kernel command line words
@@ -27,6 +27,7 @@ API
         mounts       {tag: host_dir}: more virtiofs shares (for MSB_MOUNTS)
         net          True: -netdev user + virtio-net-device (guest 10.0.2.15,
                      gateway 10.0.2.2, dns 10.0.2.3); MAC is VM.MAC
+        disks        raw image paths: virtio-blk-device each (/dev/vda, vdb, ...)
         accel        "auto" ($VM_ACCEL, default tcg: /dev/kvm exists on the CI
                      machines but nested KVM fails), "kvm", "tcg"
 
@@ -116,7 +117,7 @@ class VM:
 
     def __init__(self, initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
                  mounts=None, mem=256, net=False, accel="auto", smp=1,
-                 workdir=None, qemu_args=()):
+                 workdir=None, qemu_args=(), disks=()):
         self.initrd = initrd
         self.kernel = kernel or find_kernel()
         self.cmdline = cmdline
@@ -128,6 +129,7 @@ class VM:
         self.accel = accel
         self.smp = smp
         self.qemu_args = list(qemu_args)
+        self.disks = list(disks)
         self.own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="agentd-vm-")
         self.console_path = os.path.join(self.workdir, "console.log")
@@ -204,6 +206,9 @@ class VM:
         cmd += ["-device", "virtio-serial-device",
                 "-chardev", "socket,id=agent,path=%s" % self.sock_path,
                 "-device", "virtserialport,chardev=agent,name=agent"]
+        for i, disk in enumerate(self.disks):
+            cmd += ["-drive", "file=%s,if=none,format=raw,id=d%d" % (disk, i),
+                    "-device", "virtio-blk-device,drive=d%d" % i]
         if self.net:
             cmd += ["-netdev", "user,id=n0", "-device",
                     "virtio-net-device,netdev=n0,mac=%s" % self.MAC]
