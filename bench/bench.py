@@ -206,6 +206,11 @@ def host_status(pid):
 # ---------------------------------------------------------------------------
 # Host mode: our agent as a process over a socketpair.
 
+def median_of(n, fn):
+	samples = [fn() for _ in range(n)]
+	return statistics.median(samples), samples
+
+
 def host_mode(agentd, o):
 	agentclient.AGENTD = agentd
 	res = {}
@@ -232,27 +237,25 @@ def host_mode(agentd, o):
 		res["exec_rtt_p99_s"] = percentile(rtt, 99)
 		res["exec_rtt_n"] = len(rtt)
 		res["exec_rtt_hwm_kb"] = hwm
-		for key, name, fn in (
-			("stdout", "stdout %d MiB" % (o.host_stdout // MiB),
-			 lambda a: stdout_throughput(a, o.host_stdout)),
-			("stdin", "stdin %d MiB" % (o.host_stdin // MiB),
-			 lambda a: stdin_throughput(a, o.host_stdin)),
-		):
-			bps, hwm, cpu = fresh(name, fn)
-			res[key + "_Bps"], res[key + "_hwm_kb"] = bps, hwm
-			res[key + "_client_cpu_s"] = cpu
+		def throughput(key, name, fn):
+			"""Median of o.host_reps transfers on one agent."""
+			(bps, samples), hwm, cpu = fresh(name, lambda a: median_of(
+				o.host_reps, lambda: fn(a)))
+			res[key + "_Bps"], res[key + "_samples_Bps"] = bps, samples
+			res[key + "_hwm_kb"], res[key + "_client_cpu_s"] = hwm, cpu
+
+		throughput("stdout", "stdout %d MiB" % (o.host_stdout // MiB),
+			   lambda a: stdout_throughput(a, o.host_stdout))
+		throughput("stdin", "stdin %d MiB" % (o.host_stdin // MiB),
+			   lambda a: stdin_throughput(a, o.host_stdin))
 		res["stdout_bytes"], res["stdin_bytes"] = o.host_stdout, o.host_stdin
 
 		path = os.path.join(scratch, "fsbench.bin")
 		try:
-			bps, hwm, cpu = fresh("fs write %d MiB" % (o.host_fs // MiB),
-					      lambda a: fs_write(a, path, o.host_fs))
-			res["fs_write_Bps"], res["fs_write_hwm_kb"] = bps, hwm
-			res["fs_write_client_cpu_s"] = cpu
-			bps, hwm, cpu = fresh("fs read %d MiB" % (o.host_fs // MiB),
-					      lambda a: fs_read_or_partial(a, path, o.host_fs, res))
-			res["fs_read_Bps"], res["fs_read_hwm_kb"] = bps, hwm
-			res["fs_read_client_cpu_s"] = cpu
+			throughput("fs_write", "fs write %d MiB" % (o.host_fs // MiB),
+				   lambda a: fs_write(a, path, o.host_fs))
+			throughput("fs_read", "fs read %d MiB" % (o.host_fs // MiB),
+				   lambda a: fs_read_or_partial(a, path, o.host_fs, res))
 			res["fs_bytes"] = o.host_fs
 		except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
 			res["fs_note"] = "fs skipped: %s" % e
@@ -774,11 +777,12 @@ def parse_args():
 	ap.add_argument("--out", default=os.path.join(HERE, "results"))
 	o = ap.parse_args()
 	o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 1000, GiB, 256 * MiB, GiB
+	o.host_reps = 3
 	o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 200, 100, 64 * MiB, 16 * MiB
 	if o.quick:
 		o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 50, 16 * MiB, 16 * MiB, 16 * MiB
 		o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 20, 10, 4 * MiB, 1 * MiB
-		o.boots, o.helper_boots = 1, 1
+		o.boots, o.helper_boots, o.host_reps = 1, 1, 1
 	return o
 
 
@@ -817,7 +821,7 @@ def main():
 		"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
 		"git": git_rev(), "machine": machine_info(),
 		"config": {k: getattr(o, k) for k in (
-			"boots", "host_execs", "host_stdout", "host_stdin", "host_fs",
+			"boots", "host_reps", "host_execs", "host_stdout", "host_stdin", "host_fs",
 			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick")},
 		"peer": {"package": "@superradcompany/microsandbox-linux-x64-gnu",
 			 "version": "0.6.18"} if peer else None,
