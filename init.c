@@ -333,21 +333,23 @@ static int load_line(struct modules *m, char *line, unsigned depth, struct cfg_e
 }
 
 /* The fstype of MSB_BLOCK_ROOT, when given: its driver may be a module too. */
-static const char *block_root_fstype(void)
+static void block_root_fstype(char *out, size_t n)
 {
-	static struct cfg_block_root br;
+	struct cfg_block_root br;
 	const char *v = env("MSB_BLOCK_ROOT");
 	struct cfg_err err;
 
-	return v && cfg_parse_block_root(v, &br, &err) == 0 ? br.fstype : NULL;
+	out[0] = '\0';
+	if (v && cfg_parse_block_root(v, &br, &err) == 0 && br.fstype)
+		snprintf(out, n, ",%s", br.fstype);
 }
 
 /* A named module missing from modules.dep is built in or absent: not an error. */
 static void load_modules(void)
 {
-	static struct modules m;
-	const char *list = env("MSB_MODULES"), *fstype = block_root_fstype();
-	char names[1024], *p = names;
+	struct modules m = { .nloaded = 0 };
+	const char *list = env("MSB_MODULES");
+	char names[1024], fstype[64], *p = names;
 	struct utsname u;
 	struct cfg_err err;
 	size_t len;
@@ -367,8 +369,8 @@ static void load_modules(void)
 		return;
 	}
 	m.cmdline = read_file("/proc/cmdline", 65536, &len);
-	snprintf(names, sizeof(names), "%s%s%s", list ? list : default_modules,
-		 fstype ? "," : "", fstype ? fstype : "");
+	block_root_fstype(fstype, sizeof(fstype));
+	snprintf(names, sizeof(names), "%s%s", list ? list : default_modules, fstype);
 	while (p) {
 		char *name = p, *comma = strchr(p, ',');
 		char *line;
@@ -387,7 +389,6 @@ static void load_modules(void)
 	}
 	free(m.dep);
 	free(m.cmdline);
-	m.dep = m.cmdline = NULL;
 }
 
 /* ---- 10.2 runtime share ---- */
@@ -448,7 +449,7 @@ static int mount_probe(const char *dev, struct cfg_err *err)
 
 static int switch_root(const struct agent *a, const char *value, struct cfg_err *err)
 {
-	static struct cfg_block_root br;
+	struct cfg_block_root br;
 	char inner[PATH_MAX];
 
 	if (cfg_parse_block_root(value, &br, err) < 0)
@@ -475,7 +476,7 @@ static int switch_root(const struct agent *a, const char *value, struct cfg_err 
 
 static int mount_volumes(const char *value, struct cfg_err *err)
 {
-	static struct cfg_mounts m;
+	struct cfg_mounts m;
 
 	if (cfg_parse_mounts(value, &m, err) < 0)
 		return -1;
@@ -518,7 +519,7 @@ static int set_hostname(const char *name, struct cfg_err *err)
 
 static int mount_tmpfs(const char *value, struct cfg_err *err)
 {
-	static struct cfg_tmpfs_list t;
+	struct cfg_tmpfs_list t;
 	char data[64];
 
 	if (cfg_parse_tmpfs(value, &t, err) < 0)
@@ -672,7 +673,7 @@ static int net_apply(int fd, const struct net_cfg *c, struct cfg_err *err)
 
 static int network(struct cfg_err *err)
 {
-	static struct net_cfg c;
+	struct net_cfg c;
 	const char *net = env("MSB_NET");
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), r;
 
@@ -814,6 +815,8 @@ int init_run(struct agent *a)
 {
 	struct cfg_err err = { "" };
 
+	/* SPEC 10.12: cwd / and the kernel's default umask for init. */
+	umask(022);
 	if (chdir("/") < 0 || init_steps(a, &err) == 0)
 		return 0;
 	agent_log("init failed: %s; powering off", err.msg);
