@@ -755,18 +755,37 @@ static int child_exec(const struct spawn *sp)
 	return eacces ? EACCES : err;
 }
 
+/* The kernel's struct sigaction (x86-64, arm64 layout). */
+struct kernel_sigaction {
+	void (*handler)(int);
+	unsigned long flags;
+	void (*restorer)(void);
+	uint64_t mask;
+};
+
+/*
+ * Default dispositions for every signal and an empty mask, through raw
+ * syscalls: libc refuses to touch its internal signals (32-34), yet an
+ * ignored one of those is inherited across exec like any other.
+ */
+static void child_reset_signals(void)
+{
+	struct kernel_sigaction dfl = { .handler = SIG_DFL };
+	uint64_t none = 0;
+	int sig;
+
+	for (sig = 1; sig <= 64; sig++)
+		if (sig != SIGKILL && sig != SIGSTOP)
+			syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(uint64_t));
+	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
+}
+
 static void __attribute__((noreturn)) child_run(const struct spawn *sp,
 		int fd0, int fd1, int fd2, int errfd)
 {
-	struct sigaction dfl = { .sa_handler = SIG_DFL };
-	sigset_t none;
 	size_t i;
-	int sig;
 
-	for (sig = 1; sig < _NSIG; sig++)
-		sigaction(sig, &dfl, NULL);
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
+	child_reset_signals();
 	if (setsid() < 0)
 		child_fail(errfd, ST_SETSID, errno);
 	if (sp->tty && ioctl(fd0, TIOCSCTTY, 0) < 0)

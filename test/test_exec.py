@@ -530,3 +530,30 @@ def test_pty_leader_closing_its_fds_is_not_hung_up(agent):
     res = agent.run("sh", "-c", "echo bye; exec 0<&- 1>&- 2>&-; sleep 0.3; exit 7", tty=True)
     assert res.stdout == b"bye\r\n"
     assert res.code == 7 and res.signal is None
+
+
+IGNORING_WRAPPER = r'''#!/usr/bin/python3
+# Start agentd with every signal it may inherit ignored, libc-internal ones
+# (32-34) included, through the raw rt_sigaction syscall.
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+act = (ctypes.c_ulong * 4)(1, 0, 0, 0)  # SIG_IGN, flags, restorer, mask
+for sig in list(range(1, 65)):
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        libc.syscall(13, sig, ctypes.byref(act), None, 8)  # rt_sigaction
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_inherited_ignored_signals_reset(spawn_agent, tmp_path, monkeypatch, tty):
+    wrapper = tmp_path / "ignore-all"
+    wrapper.write_text(IGNORING_WRAPPER)
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("AGENTD_WRAPPER", str(wrapper))
+    a = spawn_agent()
+    res = a.run("grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status", tty=tty)
+    assert res.stdout.decode().split() == ["SigBlk:", "0000000000000000",
+                                           "SigIgn:", "0000000000000000"], res
+    # an inherited SIG_IGN for SIGCHLD would make children vanish unreaped
+    assert a.run("sh", "-c", "exit 5").code == 5
