@@ -50,6 +50,7 @@ struct agent {
 	bool port_eof;       /* not watched: host gone (PID 1: re-polled) */
 	bool port_down;      /* PID 1: disconnect logged, not yet back */
 	bool reading_paused; /* backpressure on the port */
+	bool in_backlog;     /* complete frames wait in `in` (output full) */
 	bool shutting_down;
 	int shutdown_phase;  /* 1: SIGTERM sent, 2: SIGKILL sent */
 	bool sessions_paused; /* some child is not read for lack of room */

@@ -254,7 +254,7 @@ static void port_flush(struct agent *a)
 
 static bool port_read_blocked(struct agent *a)
 {
-	if (out_pending(a) >= OUT_HARD_LIMIT)
+	if (out_pending(a) >= OUT_HARD_LIMIT || a->in_backlog)
 		return true;
 	return sessions_stdin_blocked(a, agent_clock_ns(CLOCK_MONOTONIC));
 }
@@ -383,12 +383,22 @@ static void handle_frame(struct agent *a, const struct frame *f)
 	dispatch(a, f->id, &m);
 }
 
-/* Every complete frame in the buffer; a shutdown ends the batch. */
+/*
+ * Every complete frame in the buffer; a shutdown ends the batch.  Past
+ * the hard output limit the rest waits in the buffer (in_backlog): one
+ * read can hold thousands of small requests, each answered with a frame
+ * of up to 4 MiB.
+ */
 static void handle_frames(struct agent *a)
 {
 	struct frame f;
 
+	a->in_backlog = false;
 	while (!a->shutting_down) {
+		if (out_pending(a) >= OUT_HARD_LIMIT) {
+			a->in_backlog = true;
+			return;
+		}
 		switch (frame_next(&a->in, &f)) {
 		case FRAME_NEED_MORE:
 			return;
@@ -899,6 +909,10 @@ static void after_events(struct agent *a)
 	bool produced = false;
 
 	port_flush(a);
+	if (a->in_backlog && out_pending(a) < OUT_HARD_LIMIT) {
+		handle_frames(a);
+		port_flush(a);
+	}
 	if (agent_out_room(a)) {
 		size_t before = out_pending(a);
 

@@ -433,3 +433,31 @@ def test_random_traffic_keeps_serving(spawn_agent):
         a.signal(i, 9)
     res = a.run("echo", "alive", msg_id=1000, timeout=30)
     assert res.stdout == b"alive\n" and res.code == 0
+
+
+def test_many_requests_in_one_read_keep_memory_bounded(agent, tmp_path):
+    """Thousands of small requests, each answered with a large frame, sent
+    while the host reads nothing: the agent stops taking frames at its output
+    bound instead of queueing every answer, then answers them all."""
+    from test_exec import read_status
+    d = tmp_path / "wide"
+    d.mkdir()
+    for n in range(1000):
+        (d / ("file-with-a-rather-long-name-%06d" % n)).touch()
+    n_req = 1000
+    batch = b"".join(encode_frame(10000 + n, "core.fs.request", {"op": {"List": {"path": str(d)}}})
+                     for n in range(n_req))
+    pid = agent.proc.pid
+    before = read_status(pid, "VmHWM")
+    agent.send_raw(batch)
+    time.sleep(2)
+    stalled = read_status(pid, "VmHWM")
+    sizes = set()
+    for n in range(n_req):
+        f = agent.recv(msg_id=10000 + n, timeout=60)
+        assert f.t == "core.fs.response" and f.p["ok"], f
+        sizes.add(len(f.p["data"]["List"]))
+    assert sizes == {1000}
+    # 1000 answers of ~100 KB each would be ~100 MB
+    assert stalled - before < 40 * 1024, (before, stalled)
+    still_serving(agent)
