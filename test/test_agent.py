@@ -458,6 +458,8 @@ def test_many_requests_in_one_read_keep_memory_bounded(agent, tmp_path):
         assert f.t == "core.fs.response" and f.p["ok"], f
         sizes.add(len(f.p["data"]["List"]))
     assert sizes == {1000}
-    # 1000 answers of ~100 KB each would be ~100 MB
-    assert stalled - before < 40 * 1024, (before, stalled)
+    # 1000 answers of ~100 KB each would be ~100 MB.  (ASan's quarantine
+    # keeps freed memory resident: RSS says nothing there.)
+    if not SANITIZED:
+        assert stalled - before < 40 * 1024, (before, stalled)
     still_serving(agent)

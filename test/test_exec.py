@@ -354,9 +354,9 @@ def test_slow_host_bounded_memory_no_loss(agent, tmp_path, figures):
     assert res.code == 0 and res.stdout == data
     # The agent holds at most its output bound (plus one frame) whatever
     # the child writes: far below the 64 MiB the child produced.
-    assert stalled - before < 16 * 1024, (before, stalled)
-    assert after - before < 24 * 1024, (before, after)
-    if not SANITIZED:
+    if not SANITIZED:  # ASan's quarantine keeps freed memory resident
+        assert stalled - before < 16 * 1024, (before, stalled)
+        assert after - before < 24 * 1024, (before, after)
         figures.record("agent peak RSS (VmHWM) in the slow-reader test", after, "kB")
 
 
