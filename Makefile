@@ -22,8 +22,8 @@ LDFLAGS_AGENT = -static -no-pie -s -Wl,--gc-sections -Wl,-z,norelro -Wl,--build-
 SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=address,undefined -fno-sanitize-recover=all
 
-AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c
-AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h
+AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c
+AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h
 CTL_SRCS   = agentctl.c protocol.c
 
 .PHONY: all check unit integration vmtest fuzz size bench clean
@@ -44,11 +44,11 @@ size: agentd
 	@stat -c '%s bytes  agentd' agentd
 
 # ---- unit tests: the same sources under ASan+UBSan and under musl ----
-test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
-	$(SAN_CC) $(SAN_FLAGS) -I. -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c
+test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
+	$(SAN_CC) $(SAN_FLAGS) -I. -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c
 
-test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
-	$(MUSL_CC) $(CSTD) $(WARN) -O2 -I. -static -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c
+test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
+	$(MUSL_CC) $(CSTD) $(WARN) -O2 -I. -static -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c
 
 unit: test/unit-san test/unit-musl
 	./test/unit-san test/vectors
@@ -72,8 +72,8 @@ fuzz/fuzz-frames: fuzz/fuzz_frames.c fuzz/fuzz_common.h protocol.c protocol.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_frames.c protocol.c
 fuzz/fuzz-payload: fuzz/fuzz_payload.c fuzz/fuzz_common.h protocol.c protocol.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_payload.c protocol.c
-fuzz/fuzz-initcfg: fuzz/fuzz_initcfg.c initcfg.c initcfg.h
-	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_initcfg.c initcfg.c
+fuzz/fuzz-initcfg: fuzz/fuzz_initcfg.c initcfg.c fmt.c initcfg.h fmt.h
+	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_initcfg.c initcfg.c fmt.c
 
 fuzz: $(FUZZ_TARGETS)
 	./fuzz/run-fuzzers $(FUZZ_SECONDS)

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "fmt.h"
 
 #define FS_READ_CHUNK   OUT_READ_CHUNK  /* bytes per core.fs.data */
 #define FS_WRITES_MAX   64              /* concurrent write sessions */
@@ -81,7 +82,7 @@ static void respond_errno(struct agent *a, uint32_t id, const char *prefix, int 
 {
 	char text[ERR_TEXT_MAX];
 
-	snprintf(text, sizeof(text), "%s: %s (os error %d)", prefix, strerror(e), e);
+	fmt(text, sizeof(text), "%s: %s (os error %d)", prefix, strerror(e), e);
 	respond(a, id, text);
 }
 
@@ -90,7 +91,7 @@ static void respond_text(struct agent *a, uint32_t id, const char *prefix,
 {
 	char text[ERR_TEXT_MAX];
 
-	snprintf(text, sizeof(text), "%s: %s", prefix, what);
+	fmt(text, sizeof(text), "%s: %s", prefix, what);
 	respond(a, id, text);
 }
 
@@ -244,7 +245,7 @@ static int open_temp(int dirfd, const char *base, char *name, size_t cap)
 	int tries, fd = -1;
 
 	for (tries = 0; tries < 16; tries++) {
-		snprintf(name, cap, ".%.180s.%016llx.agentd-tmp", base,
+		fmt(name, cap, ".%.180s.%016llx.agentd-tmp", base,
 			 (unsigned long long)random64((unsigned)tries));
 		fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL |
 			    O_NOFOLLOW | O_CLOEXEC, 0666);
@@ -851,7 +852,7 @@ void fs_data(struct agent *a, uint32_t id, struct slice data)
 	char text[64];
 
 	if (!s || (s->kind != ST_WRITE && s->kind != ST_FAILED)) {
-		snprintf(text, sizeof(text), "unknown write session: %u", id);
+		fmt(text, sizeof(text), "unknown write session: %u", id);
 		respond(a, id, text);
 		return;
 	}
@@ -1204,7 +1205,7 @@ void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq)
 	if (s && s->kind == ST_FAILED) {
 		stream_free(a, s);  /* that exchange is over */
 	} else if (s) {
-		snprintf(text, sizeof(text), "id %u is already in use", id);
+		fmt(text, sizeof(text), "id %u is already in use", id);
 		respond_text(a, id, "invalid request", text);
 		return;
 	}

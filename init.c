@@ -27,6 +27,7 @@
 #include <arpa/inet.h>
 
 #include "agent.h"
+#include "fmt.h"
 #include "initcfg.h"
 #include "netlink.h"
 
@@ -46,7 +47,7 @@ static int fail(struct cfg_err *err, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	vfmt(err->msg, sizeof(err->msg), fmt, ap);
 	va_end(ap);
 	return -1;
 }
@@ -282,7 +283,7 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 	const char *name = module_name(rel, rlen, &nlen);
 	int fd, flags = 0;
 
-	if (snprintf(path, sizeof(path), "%s/%.*s", m->dir, (int)rlen, rel) >= (int)sizeof(path))
+	if (fmt(path, sizeof(path), "%s/%.*s", m->dir, (int)rlen, rel) >= (int)sizeof(path))
 		return fail(err, "module path too long");
 	module_params(m, name, nlen, params, sizeof(params));
 	/* .ko.xz / .ko.zst / .ko.gz: the kernel decompresses (5.17+). */
@@ -341,7 +342,7 @@ static void block_root_fstype(char *out, size_t n)
 
 	out[0] = '\0';
 	if (v && cfg_parse_block_root(v, &br, &err) == 0 && br.fstype)
-		snprintf(out, n, ",%s", br.fstype);
+		fmt(out, n, ",%s", br.fstype);
 }
 
 /* A named module missing from modules.dep is built in or absent: not an error. */
@@ -356,13 +357,13 @@ static void load_modules(void)
 
 	if (uname(&u) < 0)
 		return;
-	snprintf(m.dir, sizeof(m.dir), "/lib/modules/%s", u.release);
+	fmt(m.dir, sizeof(m.dir), "/lib/modules/%s", u.release);
 	if (access(m.dir, F_OK) < 0) {
 		if (list)
 			agent_log("MSB_MODULES: %s: %s", m.dir, strerror(errno));
 		return;
 	}
-	snprintf(names, sizeof(names), "%s/modules.dep", m.dir);
+	fmt(names, sizeof(names), "%s/modules.dep", m.dir);
 	m.dep = read_file(names, FILE_MAX, &len);
 	if (!m.dep) {
 		agent_log("modules: %s: %s", names, strerror(errno));
@@ -370,7 +371,7 @@ static void load_modules(void)
 	}
 	m.cmdline = read_file("/proc/cmdline", 65536, &len);
 	block_root_fstype(fstype, sizeof(fstype));
-	snprintf(names, sizeof(names), "%s%s", list ? list : default_modules, fstype);
+	fmt(names, sizeof(names), "%s%s", list ? list : default_modules, fstype);
 	while (p) {
 		char *name = p, *comma = strchr(p, ',');
 		char *line;
@@ -461,7 +462,7 @@ static int switch_root(const struct agent *a, const char *value, struct cfg_err 
 			    strerror(errno));
 	if (!br.fstype && mount_probe(br.device, err) < 0)
 		return -1;
-	snprintf(inner, sizeof(inner), "/newroot%s", a->runtime_dir);
+	fmt(inner, sizeof(inner), "/newroot%s", a->runtime_dir);
 	if (mkdir(inner, 0755) < 0 && errno != EEXIST)
 		return fail(err, "mkdir %s: %s", inner, strerror(errno));
 	if (mount(a->runtime_dir, inner, NULL, MS_BIND, NULL) < 0)
@@ -509,7 +510,7 @@ static int set_hostname(const char *name, struct cfg_err *err)
 		return 0;
 	if (sethostname(name, strlen(name)) < 0)
 		return fail(err, "MSB_HOSTNAME: sethostname '%.64s': %s", name, strerror(errno));
-	n = snprintf(buf, sizeof(buf), "%s\n", name);
+	n = fmt(buf, sizeof(buf), "%s\n", name);
 	if (write_file("/etc/hostname", buf, (size_t)n, O_TRUNC) < 0)
 		return fail(err, "write /etc/hostname: %s", strerror(errno));
 	return 0;
@@ -562,7 +563,7 @@ static int if_up(int fd, const char *name)
 {
 	struct ifreq ifr = { 0 };
 
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	fmt(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
 	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
 		return -1;
 	ifr.ifr_flags |= IFF_UP;
@@ -573,7 +574,7 @@ static int if_index(int fd, const char *name)
 {
 	struct ifreq ifr = { 0 };
 
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	fmt(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
 	return ioctl(fd, SIOCGIFINDEX, &ifr) < 0 ? -1 : ifr.ifr_ifindex;
 }
 
@@ -622,7 +623,7 @@ static int net_link(int fd, const struct cfg_net *n, int *idx, struct cfg_err *e
 	*idx = if_index(fd, n->iface);
 	if (*idx < 0)
 		return fail(err, "MSB_NET: interface %s: %s", n->iface, strerror(errno));
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", n->iface);
+	fmt(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", n->iface);
 	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
 	memcpy(ifr.ifr_hwaddr.sa_data, n->mac, 6);
 	if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0)
@@ -736,7 +737,7 @@ static int install_ca(const struct agent *a, struct cfg_err *err)
 	char *pem;
 	int r;
 
-	snprintf(path, sizeof(path), "%s/tls/ca.pem", a->runtime_dir);
+	fmt(path, sizeof(path), "%s/tls/ca.pem", a->runtime_dir);
 	if (stat(path, &st) < 0)
 		return 0;
 	pem = read_file(path, FILE_MAX, &n);
@@ -745,7 +746,7 @@ static int install_ca(const struct agent *a, struct cfg_err *err)
 	for (size_t i = 0; i < 2; i++) {
 		if (stat(ca_dirs[i], &st) < 0 || !S_ISDIR(st.st_mode))
 			continue;
-		snprintf(copy, sizeof(copy), "%s/microsandbox-ca.pem", ca_dirs[i]);
+		fmt(copy, sizeof(copy), "%s/microsandbox-ca.pem", ca_dirs[i]);
 		if (write_file(copy, pem, n, O_TRUNC) < 0)
 			agent_log("write %s: %s", copy, strerror(errno));
 	}

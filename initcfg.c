@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fmt.h"
 #include "initcfg.h"
 
 static int fail(struct cfg_err *err, const char *fmt, ...)
@@ -22,7 +23,7 @@ static int fail(struct cfg_err *err, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	vfmt(err->msg, sizeof(err->msg), fmt, ap);
 	va_end(ap);
 	return -1;
 }
@@ -277,10 +278,10 @@ int cfg_tmpfs_data(const struct cfg_tmpfs *t, char *buf, size_t n)
 	int r;
 
 	if (t->has_size)
-		r = snprintf(buf, n, "size=%llu,mode=%o",
+		r = fmt(buf, n, "size=%llu,mode=%o",
 			     (unsigned long long)t->size_mib * 1048576ull, cfg_tmpfs_mode(t));
 	else
-		r = snprintf(buf, n, "mode=%o", cfg_tmpfs_mode(t));
+		r = fmt(buf, n, "mode=%o", cfg_tmpfs_mode(t));
 	return r < 0 || (size_t)r >= n ? -1 : r;
 }
 
@@ -460,7 +461,7 @@ int cfg_parse_ip(const char *s, int family, struct cfg_ip *out, struct cfg_err *
 int cfg_hosts(const char *name, char *buf, size_t n)
 {
 	const char *sp = name ? " " : "", *nm = name ? name : "";
-	int r = snprintf(buf, n,
+	int r = fmt(buf, n,
 			 "127.0.0.1\tlocalhost%s%s\n"
 			 "::1\tlocalhost ip6-localhost ip6-loopback%s%s\n"
 			 "fe00::\tip6-localnet\n"
@@ -484,7 +485,7 @@ int cfg_resolv(const struct cfg_ip *v4, const struct cfg_ip *v6, char *buf, size
 			continue;
 		if (!inet_ntop(ips[i]->family, ips[i]->dns, a, sizeof(a)))
 			return -1;
-		r = snprintf(buf + len, n - len, "nameserver %s\n", a);
+		r = fmt(buf + len, n - len, "nameserver %s\n", a);
 		if (r < 0 || (size_t)r >= n - len)
 			return -1;
 		len += (size_t)r;
