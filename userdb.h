@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* userdb.h - users and groups from /etc/passwd and /etc/group. */
+#ifndef AGENTD_USERDB_H
+#define AGENTD_USERDB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct user_entry {
+	uint32_t uid, gid;
+	char name[64];
+	char home[256];
+};
+
+/* 0 when found, -1 when not (or the file cannot be read). */
+int userdb_user_by_name(const char *name, struct user_entry *u);
+int userdb_user_by_uid(uint32_t uid, struct user_entry *u);
+int userdb_group_by_name(const char *name, uint32_t *gid);
+/* base, then every group that lists user as a member; count <= max. */
+int userdb_group_list(const char *user, uint32_t base, uint32_t *groups,
+		      int max);
+
+#endif
