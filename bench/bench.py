@@ -42,8 +42,20 @@ DD_BS = 64 * 1024           # dd block size: producers, consumers, raw port
 # Modules our agent loads by default (init.c); the helper /init of the
 # peer and of the raw-port baseline loads the same set so every VM has the
 # same devices.
-MODULES = ["virtio_mmio", "virtio_pci", "virtio_console", "virtio_blk",
-	   "virtio_net", "virtio_rng", "fuse", "virtiofs"]
+def agent_default_modules():
+	"""init.c's default module list, so the images follow the agent."""
+	try:
+		with open(os.path.join(ROOT, "init.c")) as f:
+			m = re.search(r'default_modules\[\]\s*=\s*"([^"]*)"', f.read())
+		if m:
+			return [x for x in m.group(1).split(",") if x]
+	except OSError:
+		pass
+	return ["virtio_mmio", "virtio_pci", "virtio_console", "virtio_blk",
+		"virtio_net", "virtio_rng", "fuse", "virtiofs"]
+
+
+MODULES = agent_default_modules()
 
 
 def log(msg):
