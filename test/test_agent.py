@@ -463,3 +463,59 @@ def test_many_requests_in_one_read_keep_memory_bounded(agent, tmp_path):
     if not SANITIZED:
         assert stalled - before < 40 * 1024, (before, stalled)
     still_serving(agent)
+
+
+HB_HARNESS = r'''
+#include <stdio.h>
+#include <stdlib.h>
+#include "agent.h"
+int main(int argc, char **argv)
+{
+	char buf[64];
+	int i;
+
+	for (i = 1; i + 1 < argc; i += 2) {
+		struct timespec ts = { strtoll(argv[i], NULL, 10), strtol(argv[i + 1], NULL, 10) };
+
+		heartbeat_format_time(buf, sizeof(buf), &ts);
+		puts(buf);
+	}
+	return 0;
+}
+'''
+
+
+def test_heartbeat_time_format_exact(tmp_path):
+    """heartbeat_format_time (heartbeat.c, compiled with the host cc) against
+    the SPEC 8 examples and Python's own calendar for many instants."""
+    import datetime
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = tmp_path / "hb.c"
+    src.write_text(HB_HARNESS)
+    exe = str(tmp_path / "hb")
+    subprocess.run([cc, "-std=gnu11", "-D_GNU_SOURCE", "-I", root, "-o", exe, str(src),
+                    os.path.join(root, "heartbeat.c")], check=True)
+    rng = random.Random(5)
+    cases = [(1767225601, 123456789), (1767225600, 500000000), (0, 0), (951782400, 1000),
+             (253402300799, 999999999), (68169600, 120000000)]
+    cases += [(rng.randrange(0, 253402300800), rng.choice([0, rng.randrange(1000) * 1000000,
+              rng.randrange(10 ** 6) * 1000, rng.randrange(10 ** 9)])) for _ in range(3000)]
+    out = subprocess.run([exe] + [str(x) for c in cases for x in c], capture_output=True,
+                         check=True).stdout.decode().split("\n")
+    for (sec, ns), got in zip(cases, out):
+        d = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=sec)
+        if ns == 0:
+            frac = ""
+        elif ns % 1000000 == 0:
+            frac = ".%03d" % (ns // 1000000)
+        elif ns % 1000 == 0:
+            frac = ".%06d" % (ns // 1000)
+        else:
+            frac = ".%09d" % ns
+        assert got == d.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + frac + "Z", (sec, ns)
+    assert out[0] == "2026-01-01T00:00:01.123456789Z"
+    assert out[1] == "2026-01-01T00:00:00.500Z"
