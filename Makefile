@@ -18,12 +18,13 @@ CSTD      = -std=gnu11 -D_GNU_SOURCE
 HARDEN    = -fstack-protector-strong -D_FORTIFY_SOURCE=2
 CFLAGS_AGENT = $(CSTD) $(WARN) $(HARDEN) -Os -ffunction-sections -fdata-sections \
 	-fno-asynchronous-unwind-tables -fno-unwind-tables -fno-pie
-LDFLAGS_AGENT = -static -no-pie -s -Wl,--gc-sections -Wl,-z,norelro -Wl,--build-id=none
+LDFLAGS_AGENT = -static -no-pie -s -Wl,--gc-sections -Wl,-z,norelro -Wl,--build-id=none \
+	-Wl,-z,noseparate-code
 SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=address,undefined -fno-sanitize-recover=all
 
-AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c
-AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h
+AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
+AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
 CTL_SRCS   = agentctl.c protocol.c
 
 .PHONY: all check unit integration vmtest fuzz size bench clean
@@ -44,11 +45,11 @@ size: agentd
 	@stat -c '%s bytes  agentd' agentd
 
 # ---- unit tests: the same sources under ASan+UBSan and under musl ----
-test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
-	$(SAN_CC) $(SAN_FLAGS) -I. -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c
+test/unit-san: test/unit.c test/test_protocol.c test/test_initcfg.c test/test_support.c protocol.c initcfg.c fmt.c userdb.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
+	$(SAN_CC) $(SAN_FLAGS) -I. -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c test/test_support.c protocol.c initcfg.c fmt.c userdb.c
 
-test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
-	$(MUSL_CC) $(CSTD) $(WARN) -O2 -I. -static -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c protocol.c initcfg.c fmt.c
+test/unit-musl: test/unit.c test/test_protocol.c test/test_initcfg.c test/test_support.c protocol.c initcfg.c fmt.c userdb.c $(AGENT_HDRS) test/unit.h fuzz/fuzz_common.h
+	$(MUSL_CC) $(CSTD) $(WARN) -O2 -I. -static -o $@ test/unit.c test/test_protocol.c test/test_initcfg.c test/test_support.c protocol.c initcfg.c fmt.c userdb.c
 
 unit: test/unit-san test/unit-musl
 	./test/unit-san test/vectors

@@ -13,7 +13,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdio.h>  /* snprintf only */
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
@@ -29,6 +28,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "fmt.h"
 
 #define PORT_NAME          "agent"
 #define DISCOVERY_TRIES    100        /* every 100 ms: 10 s (SPEC 1.1) */
@@ -48,14 +48,14 @@ struct options {
 
 /* ---- small helpers for the modules ---- */
 
-void agent_log(const char *fmt, ...)
+void agent_log(const char *format, ...)
 {
-	char buf[1024];
+	char buf[1024] = "agentd: ";
 	va_list ap;
-	int n = snprintf(buf, sizeof(buf), "agentd: ");
+	int n = 8;
 
-	va_start(ap, fmt);
-	n += vsnprintf(buf + n, sizeof(buf) - n - 1, fmt, ap);
+	va_start(ap, format);
+	n += vfmt(buf + n, sizeof(buf) - n - 1, format, ap);
 	va_end(ap);
 	if (n > (int)sizeof(buf) - 2)
 		n = sizeof(buf) - 2;
@@ -293,7 +293,7 @@ static void payload_failed(struct agent *a, uint32_t id, enum msg_type t,
 		m.u.exec_exited.code = -1;
 		agent_send(a, id, &m);
 	} else if (t == MSG_FS_REQUEST) {
-		snprintf(reason, sizeof(reason), "invalid request: %s", err->msg);
+		fmt(reason, sizeof(reason), "invalid request: %s", err->msg);
 		m.type = MSG_FS_RESPONSE;
 		m.u.fs_response.ok = false;
 		m.u.fs_response.error = reason;
@@ -775,7 +775,7 @@ static int port_discover(char *dev, size_t n)
 
 		if (e->d_name[0] == '.')
 			continue;
-		snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name",
+		fmt(path, sizeof(path), "/sys/class/virtio-ports/%s/name",
 			 e->d_name);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
@@ -791,7 +791,7 @@ static int port_discover(char *dev, size_t n)
 		while (name[s] == ' ' || name[s] == '\t')
 			s++;
 		if (!strcmp(name + s, PORT_NAME)) {
-			snprintf(dev, n, "/dev/%s", e->d_name);
+			fmt(dev, n, "/dev/%s", e->d_name);
 			found = 0;
 		}
 	}

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "fmt.h"
 
 /* Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's
  * civil_from_days); spares the agent gmtime and its time zone code. */
@@ -52,12 +53,12 @@ size_t heartbeat_format_time(char *buf, size_t n, const struct timespec *ts)
 	}
 	civil_from_days(days, &year, &mon, &mday);
 	if (ns % 1000000 == 0 && ns)
-		snprintf(frac, sizeof(frac), ".%03u", ns / 1000000);
+		fmt(frac, sizeof(frac), ".%03u", ns / 1000000);
 	else if (ns % 1000 == 0 && ns)
-		snprintf(frac, sizeof(frac), ".%06u", ns / 1000);
+		fmt(frac, sizeof(frac), ".%06u", ns / 1000);
 	else if (ns)
-		snprintf(frac, sizeof(frac), ".%09u", ns);
-	len = snprintf(buf, n, "%04lld-%02u-%02uT%02u:%02u:%02u%sZ",
+		fmt(frac, sizeof(frac), ".%09u", ns);
+	len = fmt(buf, n, "%04lld-%02u-%02uT%02u:%02u:%02u%sZ",
 		       (long long)year, mon, mday, (unsigned)(secs / 3600),
 		       (unsigned)(secs / 60 % 60), (unsigned)(secs % 60), frac);
 	if (len < 0)
@@ -92,12 +93,12 @@ int heartbeat_write(struct agent *a)
 	clock_gettime(CLOCK_REALTIME, &now);
 	heartbeat_format_time(now_s, sizeof(now_s), &now);
 	heartbeat_format_time(last_s, sizeof(last_s), &a->last_activity);
-	len = snprintf(doc, sizeof(doc),
+	len = fmt(doc, sizeof(doc),
 		       "{\n  \"timestamp\": \"%s\",\n  \"active_sessions\": %u,\n"
 		       "  \"last_activity\": \"%s\"\n}",
 		       now_s, a->nsessions, last_s);
-	if ((size_t)snprintf(tmp, sizeof(tmp), "%s/heartbeat.tmp", a->runtime_dir) >= sizeof(tmp) ||
-	    (size_t)snprintf(dst, sizeof(dst), "%s/heartbeat.json", a->runtime_dir) >= sizeof(dst))
+	if ((size_t)fmt(tmp, sizeof(tmp), "%s/heartbeat.tmp", a->runtime_dir) >= sizeof(tmp) ||
+	    (size_t)fmt(dst, sizeof(dst), "%s/heartbeat.json", a->runtime_dir) >= sizeof(dst))
 		return -1;
 	if (unlink(tmp) < 0 && errno != ENOENT)
 		return -1;

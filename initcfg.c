@@ -384,12 +384,114 @@ static int parse_ipv4(const char *s, uint8_t out[4])
 	return 0;
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/*
+ * Textual IPv6 (RFC 4291 2.2): groups of 1-4 hex digits, at most one "::"
+ * standing for one or more zero groups, optionally a dotted quad as the
+ * last 32 bits.  Written here because musl's inet_pton/inet_ntop drag the
+ * printf engine into the static agent.
+ */
+int cfg_parse_ipv6(const char *s, uint8_t out[16])
+{
+	uint8_t b[16];
+	int n = 0, gap = -1;
+
+	if (s[0] == ':') {
+		if (s[1] != ':')
+			return -1;
+		gap = 0;
+		s += 2;
+	}
+	while (*s) {
+		const char *start = s;
+		unsigned v = 0, nd = 0;
+
+		for (; hex_digit(*s) >= 0; s++, nd++) {
+			if (nd == 4)
+				return -1;
+			v = v * 16 + (unsigned)hex_digit(*s);
+		}
+		if (*s == '.') {  /* embedded IPv4: the last 32 bits */
+			if (n > 12 || parse_ipv4(start, b + n))
+				return -1;
+			n += 4;
+			break;
+		}
+		if (nd == 0 || n > 14)
+			return -1;
+		b[n++] = (uint8_t)(v >> 8);
+		b[n++] = (uint8_t)v;
+		if (!*s)
+			break;
+		if (*s++ != ':' || !*s)
+			return -1;
+		if (*s == ':') {
+			if (gap >= 0)
+				return -1;
+			gap = n;
+			s++;
+		}
+	}
+	if (gap < 0 ? n != 16 : n > 14)
+		return -1;
+	memset(out, 0, 16);
+	if (gap < 0)
+		gap = n;
+	memcpy(out, b, (size_t)gap);
+	memcpy(out + 16 - (n - gap), b + gap, (size_t)(n - gap));
+	return 0;
+}
+
+/* RFC 5952 text, as inet_ntop writes it (buf holds 46 bytes). */
+void cfg_format_ipv6(const uint8_t a[16], char *buf)
+{
+	static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
+	int best = -1, bestlen = 1, i, len = 0;
+	unsigned g[8];
+
+	if (!memcmp(a, mapped, 12)) {
+		fmt(buf, 46, "::ffff:%u.%u.%u.%u", a[12], a[13], a[14], a[15]);
+		return;
+	}
+	for (i = 0; i < 8; i++)
+		g[i] = (unsigned)a[2 * i] << 8 | a[2 * i + 1];
+	for (i = 0; i < 8;) {  /* the first longest run of >= 2 zero groups */
+		int j = i;
+
+		while (j < 8 && !g[j])
+			j++;
+		if (j - i > bestlen) {
+			best = i;
+			bestlen = j - i;
+		}
+		i = j > i ? j : i + 1;
+	}
+	for (i = 0; i < 8; i++) {
+		if (i == best) {
+			len += fmt(buf + len, 46 - (size_t)len, "::");
+			i += bestlen - 1;
+			continue;
+		}
+		if (i && i != best + bestlen)
+			buf[len++] = ':';
+		len += fmt(buf + len, 46 - (size_t)len, "%x", g[i]);
+	}
+	buf[len] = 0;
+}
+
 static int parse_addr(const char *s, int family, uint8_t out[16])
 {
 	memset(out, 0, 16);
 	if (family == AF_INET)
 		return parse_ipv4(s, out);
-	return inet_pton(AF_INET6, s, out) == 1 ? 0 : -1;
+	return cfg_parse_ipv6(s, out);
 }
 
 static int ip_addr_prefix(char *val, struct cfg_ip *out, const char *var,
@@ -478,13 +580,16 @@ int cfg_resolv(const struct cfg_ip *v4, const struct cfg_ip *v6, char *buf, size
 	size_t len = 0;
 
 	for (unsigned i = 0; i < 2; i++) {
-		char a[INET6_ADDRSTRLEN];
+		char a[46];
 		int r;
 
 		if (!ips[i] || !ips[i]->has_dns)
 			continue;
-		if (!inet_ntop(ips[i]->family, ips[i]->dns, a, sizeof(a)))
-			return -1;
+		if (ips[i]->family == AF_INET6)
+			cfg_format_ipv6(ips[i]->dns, a);
+		else
+			fmt(a, sizeof(a), "%u.%u.%u.%u", ips[i]->dns[0],
+			    ips[i]->dns[1], ips[i]->dns[2], ips[i]->dns[3]);
 		r = fmt(buf + len, n - len, "nameserver %s\n", a);
 		if (r < 0 || (size_t)r >= n - len)
 			return -1;

@@ -75,6 +75,9 @@ int cfg_parse_mounts(const char *s, struct cfg_mounts *out, struct cfg_err *err)
 int cfg_parse_tmpfs(const char *s, struct cfg_tmpfs_list *out, struct cfg_err *err);
 int cfg_parse_net(const char *s, struct cfg_net *out, struct cfg_err *err);
 int cfg_parse_ip(const char *s, int family, struct cfg_ip *out, struct cfg_err *err);
+/* Textual IPv6 to 16 bytes (0, or -1), and back in RFC 5952 form (46 bytes). */
+int cfg_parse_ipv6(const char *s, uint8_t out[16]);
+void cfg_format_ipv6(const uint8_t a[16], char *buf);
 
 /* Mode of a tmpfs root (given, else 01777 for /tmp and /var/tmp, else 0755). */
 uint32_t cfg_tmpfs_mode(const struct cfg_tmpfs *t);

@@ -12,8 +12,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +25,8 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "fmt.h"
+#include "userdb.h"
 
 #define STDIN_SESSION_MAX  (8u * 1024 * 1024)
 #define STDIN_TOTAL_MAX    (64u * 1024 * 1024)
@@ -528,11 +528,9 @@ static const char *resolve_user(struct arena *ar, const char *spec,
 				struct spawn *sp)
 {
 	char *user, *group = NULL, *colon;
-	const char *name = NULL;
-	struct passwd *pw;
-	struct group *gr;
+	struct user_entry pw;
+	bool known;
 	uint32_t n;
-	int ng;
 
 	colon = strchr(spec, ':');
 	user = trimmed(ar, spec, colon ? (size_t)(colon - spec) : strlen(spec));
@@ -546,41 +544,33 @@ static const char *resolve_user(struct arena *ar, const char *spec,
 	sp->gid = getgid();
 	if (parse_id(user, &n)) {
 		sp->uid = n;
-		pw = getpwuid(n);
+		known = userdb_user_by_uid(n, &pw) == 0;
 	} else {
-		pw = getpwnam(user);
-		if (!pw)
+		known = userdb_user_by_name(user, &pw) == 0;
+		if (!known)
 			return "guest user not found";
-		sp->uid = pw->pw_uid;
+		sp->uid = pw.uid;
 	}
-	if (pw) {
-		name = concat(ar, pw->pw_name, "", "");
-		sp->gid = pw->pw_gid;
-		if (pw->pw_dir && *pw->pw_dir)
-			sp->home = concat(ar, pw->pw_dir, "", "");
+	if (known) {
+		sp->gid = pw.gid;
+		if (pw.home[0])
+			sp->home = concat(ar, pw.home, "", "");
 	}
 	if (group) {
 		if (!*group)
 			return "user spec has empty group";
-		if (parse_id(group, &n)) {
+		if (parse_id(group, &n))
 			sp->gid = n;
-		} else {
-			gr = getgrnam(group);
-			if (!gr)
-				return "guest group not found";
-			sp->gid = gr->gr_gid;
-		}
+		else if (userdb_group_by_name(group, &sp->gid) < 0)
+			return "guest group not found";
 	}
 	sp->ngroups = 0;
-	if (!name)
+	if (!known)
 		return NULL;  /* no name: setgroups(0, NULL) */
 	sp->groups = arena_alloc(ar, MAX_GROUPS * sizeof(gid_t));
 	if (!sp->groups)
 		return "out of memory";
-	ng = MAX_GROUPS;
-	if (getgrouplist(name, sp->gid, sp->groups, &ng) < 0)
-		ng = MAX_GROUPS;  /* truncated: keep the first MAX_GROUPS */
-	sp->ngroups = ng;
+	sp->ngroups = userdb_group_list(pw.name, sp->gid, sp->groups, MAX_GROUPS);
 	return NULL;
 }
 
@@ -850,20 +840,39 @@ static int open_pipes(struct stdio_fds *f)
 	return 0;
 }
 
+/*
+ * The slave of master m.  TIOCGPTPEER (Linux 4.13) opens it without a
+ * path a guest process could race; older kernels go through /dev/pts/N.
+ * (musl's ptsname formats with snprintf, the whole printf engine.)
+ */
+static int open_pty_slave(int m)
+{
+	const int flags = O_RDWR | O_NOCTTY | O_CLOEXEC;
+	char name[32];
+	unsigned n;
+	int fd = ioctl(m, TIOCGPTPEER, flags);
+
+	if (fd >= 0 || (errno != EINVAL && errno != ENOTTY))
+		return fd;
+	if (ioctl(m, TIOCGPTN, &n) < 0)
+		return -1;
+	fmt(name, sizeof(name), "/dev/pts/%u", n);
+	return open(name, flags);
+}
+
 static int open_pty(struct stdio_fds *f, uint16_t rows, uint16_t cols)
 {
 	struct winsize ws = { .ws_row = rows, .ws_col = cols };
-	char name[64];
-	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+	int unlock = 0;
+	int m = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
 
 	if (m < 0)
 		return -1;
 	f->parent[0] = m;
-	if (grantpt(m) < 0 || unlockpt(m) < 0 ||
-	    ptsname_r(m, name, sizeof(name)) != 0 ||
-	    ioctl(m, TIOCSWINSZ, &ws) < 0)
+	/* grantpt is a no-op on devpts; unlockpt is this ioctl. */
+	if (ioctl(m, TIOCSPTLCK, &unlock) < 0 || ioctl(m, TIOCSWINSZ, &ws) < 0)
 		return -1;
-	f->child[0] = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	f->child[0] = open_pty_slave(m);
 	if (f->child[0] < 0)
 		return -1;
 	f->child[1] = f->child[2] = f->child[0];
@@ -914,7 +923,7 @@ static struct session *session_new(struct agent *a, uint32_t id,
 	s->id = id;
 	s->pid = pid;
 	s->tty = rq->tty;
-	snprintf(s->name, sizeof(s->name), "%s", rq->cmd);
+	fmt(s->name, sizeof(s->name), "%s", rq->cmd);
 	s->errp = (struct watch){ .fd = errfd, .handle = on_error_pipe };
 	s->out = (struct watch){ .fd = rq->tty ? f->parent[0] : f->parent[1],
 				 .handle = on_stdout };

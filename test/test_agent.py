@@ -519,7 +519,7 @@ def test_heartbeat_time_format_exact(tmp_path):
     src.write_text(HB_HARNESS)
     exe = str(tmp_path / "hb")
     subprocess.run([cc, "-std=gnu11", "-D_GNU_SOURCE", "-I", root, "-o", exe, str(src),
-                    os.path.join(root, "heartbeat.c")], check=True)
+                    os.path.join(root, "heartbeat.c"), os.path.join(root, "fmt.c")], check=True)
     rng = random.Random(5)
     cases = [(1767225601, 123456789), (1767225600, 500000000), (0, 0), (951782400, 1000),
              (253402300799, 999999999), (68169600, 120000000)]

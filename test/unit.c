@@ -58,6 +58,7 @@ int main(int argc, char **argv)
 		unit_vectors_dir = argv[1];
 	test_protocol();
 	test_initcfg();
+	test_support();
 	printf("unit: %lu passed, %lu failed\n", unit_pass, unit_fail);
 	return unit_fail ? 1 : 0;
 }

@@ -45,5 +45,6 @@ bool unit_check_str(const char *a, const char *b, const char *file, int line,
 
 void test_protocol(void);
 void test_initcfg(void);
+void test_support(void);
 
 #endif
