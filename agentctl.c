@@ -362,7 +362,7 @@ static int conn_next(struct conn *c, uint32_t *id, struct msg *m)
 			     c->in.last_bad_len);
 		if (st == FRAME_TOO_SHORT)
 			fail("the agent sent a frame shorter than its header");
-		if (envelope_decode(f.body, f.body_len, &env, &err) < 0)
+		if (envelope_decode_arena(f.body, f.body_len, &env, &c->arena, &err) < 0)
 			fail("undecodable frame from the agent: %s", err.msg);
 		if (env.type == MSG_UNKNOWN)
 			continue;

@@ -355,7 +355,7 @@ static void handle_frame(struct agent *a, const struct frame *f)
 	struct decode_error err = { { 0 } };
 	struct msg m;
 
-	if (envelope_decode(f->body, f->body_len, &env, &err) < 0) {
+	if (envelope_decode_arena(f->body, f->body_len, &env, &a->arena, &err) < 0) {
 		agent_log("frame id %u: bad envelope: %s", f->id, err.msg);
 		return;
 	}

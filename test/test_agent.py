@@ -122,6 +122,17 @@ def test_noncanonical_request_accepted(agent):
     assert res.exited is not None
 
 
+def test_chunked_envelope_strings_accepted(agent):
+    """SPEC 3.2: "t" and "p" may be indefinite-length strings (chunks)."""
+    p = cbor2.dumps({"cmd": "echo", "args": ["chunked"]})
+    body = (b"\xa3\x61v\x01\x61t\x7f" + cbor2.dumps("core.exec")
+            + cbor2.dumps(".request") + b"\xff\x61p\x5f" + cbor2.dumps(p[:5])
+            + cbor2.dumps(p[5:]) + b"\xff")
+    agent.send_raw(struct.pack(">IIB", len(body) + 5, 77, 2) + body)
+    r = agent.collect(77)
+    assert (r.code, r.stdout) == (0, b"chunked\n")
+
+
 def test_live_id_reuse_rejected_without_touching_session(agent):
     i = agent.exec_start("sh", ["-c", "read x; echo got $x"])
     assert agent.recv(msg_id=i).t == "core.exec.started"
