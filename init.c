@@ -39,19 +39,6 @@
 static const char default_modules[] =
 	"virtio_mmio,virtio_pci,virtio_console,virtio_blk,virtio_net,virtio_rng,fuse,virtiofs";
 
-static int fail(struct cfg_err *err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static int fail(struct cfg_err *err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	vfmt(err->msg, sizeof(err->msg), fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
 static const char *env(const char *name)
 {
 	return cfg_value(getenv(name));
@@ -168,12 +155,12 @@ static int mount_essential(struct cfg_err *err)
 		const struct fs_mount *m = &essential[i];
 
 		if (mkdir(m->target, 0755) < 0 && errno != EEXIST)
-			return fail(err, "mkdir %s: %s", m->target, strerror(errno));
+			return cfg_fail(err, "mkdir %s: %s", m->target, strerror(errno));
 		if (mount(m->source, m->target, m->type, m->flags, NULL) < 0 && errno != EBUSY)
-			return fail(err, "mount %s: %s", m->target, strerror(errno));
+			return cfg_fail(err, "mount %s: %s", m->target, strerror(errno));
 	}
 	if (lstat("/dev/fd", &st) < 0 && symlink("/proc/self/fd", "/dev/fd") < 0)
-		return fail(err, "symlink /dev/fd: %s", strerror(errno));
+		return cfg_fail(err, "symlink /dev/fd: %s", strerror(errno));
 	return 0;
 }
 
@@ -284,19 +271,19 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 	int fd, flags = 0;
 
 	if (fmt(path, sizeof(path), "%s/%.*s", m->dir, (int)rlen, rel) >= (int)sizeof(path))
-		return fail(err, "module path too long");
+		return cfg_fail(err, "module path too long");
 	module_params(m, name, nlen, params, sizeof(params));
 	/* .ko.xz / .ko.zst / .ko.gz: the kernel decompresses (5.17+). */
 	if (rlen < 3 || memcmp(rel + rlen - 3, ".ko", 3) != 0)
 		flags = MODULE_INIT_COMPRESSED_FILE;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return fail(err, "module %s: %s", path, strerror(errno));
+		return cfg_fail(err, "module %s: %s", path, strerror(errno));
 	if (syscall(SYS_finit_module, fd, params, flags) < 0 && errno != EEXIST) {
 		int e = errno;
 
 		close(fd);
-		return fail(err, "load module %s: %s", path, strerror(e));
+		return cfg_fail(err, "load module %s: %s", path, strerror(e));
 	}
 	close(fd);
 	return 0;
@@ -315,7 +302,7 @@ static int load_line(struct modules *m, char *line, unsigned depth, struct cfg_e
 		if (m->loaded[i] == line)
 			return 0;
 	if (depth > 16 || m->nloaded == MODULES_MAX)
-		return fail(err, "module dependencies too deep or too many");
+		return cfg_fail(err, "module dependencies too deep or too many");
 	m->loaded[m->nloaded++] = line;
 	for (;;) {
 		size_t l;
@@ -414,9 +401,9 @@ static int mount_runtime(const struct agent *a, struct cfg_err *err)
 		return 0;
 	}
 	if (mkdir(a->runtime_dir, 0755) < 0 && errno != EEXIST)
-		return fail(err, "mkdir %s: %s", a->runtime_dir, strerror(errno));
+		return cfg_fail(err, "mkdir %s: %s", a->runtime_dir, strerror(errno));
 	if (mount("msb_runtime", a->runtime_dir, "virtiofs", 0, NULL) < 0 && errno != EBUSY)
-		return fail(err, "mount virtiofs msb_runtime on %s: %s (no virtiofs driver or "
+		return cfg_fail(err, "mount virtiofs msb_runtime on %s: %s (no virtiofs driver or "
 			    "no share? boot with agentd.runtime=none to run without one)",
 			    a->runtime_dir, strerror(errno));
 	return 0;
@@ -432,7 +419,7 @@ static int mount_probe(const char *dev, struct cfg_err *err)
 	int ret = -1;
 
 	if (!fs)
-		return fail(err, "read /proc/filesystems: %s", strerror(errno));
+		return cfg_fail(err, "read /proc/filesystems: %s", strerror(errno));
 	for (line = fs; line && *line && ret < 0; line = next) {
 		next = strchr(line, '\n');
 		if (next)
@@ -445,7 +432,7 @@ static int mount_probe(const char *dev, struct cfg_err *err)
 			ret = 0;
 	}
 	free(fs);
-	return ret < 0 ? fail(err, "MSB_BLOCK_ROOT: no filesystem type mounts %s", dev) : 0;
+	return ret < 0 ? cfg_fail(err, "MSB_BLOCK_ROOT: no filesystem type mounts %s", dev) : 0;
 }
 
 static int switch_root(const struct agent *a, const char *value, struct cfg_err *err)
@@ -456,20 +443,20 @@ static int switch_root(const struct agent *a, const char *value, struct cfg_err 
 	if (cfg_parse_block_root(value, &br, err) < 0)
 		return -1;
 	if (mkdir("/newroot", 0755) < 0 && errno != EEXIST)
-		return fail(err, "mkdir /newroot: %s", strerror(errno));
+		return cfg_fail(err, "mkdir /newroot: %s", strerror(errno));
 	if (br.fstype && mount(br.device, "/newroot", br.fstype, 0, NULL) < 0)
-		return fail(err, "mount %s (%s) on /newroot: %s", br.device, br.fstype,
+		return cfg_fail(err, "mount %s (%s) on /newroot: %s", br.device, br.fstype,
 			    strerror(errno));
 	if (!br.fstype && mount_probe(br.device, err) < 0)
 		return -1;
 	fmt(inner, sizeof(inner), "/newroot%s", a->runtime_dir);
 	if (mkdir(inner, 0755) < 0 && errno != EEXIST)
-		return fail(err, "mkdir %s: %s", inner, strerror(errno));
+		return cfg_fail(err, "mkdir %s: %s", inner, strerror(errno));
 	if (mount(a->runtime_dir, inner, NULL, MS_BIND, NULL) < 0)
-		return fail(err, "bind %s on %s: %s", a->runtime_dir, inner, strerror(errno));
+		return cfg_fail(err, "bind %s on %s: %s", a->runtime_dir, inner, strerror(errno));
 	if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 ||
 	    chroot(".") < 0 || chdir("/") < 0)
-		return fail(err, "switch root to %s: %s", br.device, strerror(errno));
+		return cfg_fail(err, "switch root to %s: %s", br.device, strerror(errno));
 	return mount_essential(err);
 }
 
@@ -487,9 +474,9 @@ static int mount_volumes(const char *value, struct cfg_err *err)
 		if (m.m[i].ro)
 			flags |= MS_RDONLY;
 		if (mkdir_p(m.m[i].path, 0755) < 0)
-			return fail(err, "MSB_MOUNTS: mkdir %s: %s", m.m[i].path, strerror(errno));
+			return cfg_fail(err, "MSB_MOUNTS: mkdir %s: %s", m.m[i].path, strerror(errno));
 		if (mount(m.m[i].tag, m.m[i].path, "virtiofs", flags, NULL) < 0)
-			return fail(err, "MSB_MOUNTS: mount virtiofs %s on %s: %s", m.m[i].tag,
+			return cfg_fail(err, "MSB_MOUNTS: mount virtiofs %s on %s: %s", m.m[i].tag,
 				    m.m[i].path, strerror(errno));
 	}
 	return 0;
@@ -503,16 +490,16 @@ static int set_hostname(const char *name, struct cfg_err *err)
 	int n = cfg_hosts(name, buf, sizeof(buf));
 
 	if (n < 0)
-		return fail(err, "MSB_HOSTNAME: too long");
+		return cfg_fail(err, "MSB_HOSTNAME: too long");
 	if (mkdir_p("/etc", 0755) < 0 || write_file("/etc/hosts", buf, (size_t)n, O_TRUNC) < 0)
-		return fail(err, "write /etc/hosts: %s", strerror(errno));
+		return cfg_fail(err, "write /etc/hosts: %s", strerror(errno));
 	if (!name)
 		return 0;
 	if (sethostname(name, strlen(name)) < 0)
-		return fail(err, "MSB_HOSTNAME: sethostname '%.64s': %s", name, strerror(errno));
+		return cfg_fail(err, "MSB_HOSTNAME: sethostname '%.64s': %s", name, strerror(errno));
 	n = fmt(buf, sizeof(buf), "%s\n", name);
 	if (write_file("/etc/hostname", buf, (size_t)n, O_TRUNC) < 0)
-		return fail(err, "write /etc/hostname: %s", strerror(errno));
+		return cfg_fail(err, "write /etc/hostname: %s", strerror(errno));
 	return 0;
 }
 
@@ -533,9 +520,9 @@ static int mount_tmpfs(const char *value, struct cfg_err *err)
 			flags |= MS_NOEXEC;
 		cfg_tmpfs_data(e, data, sizeof(data));
 		if (mkdir_p(e->path, 0755) < 0)
-			return fail(err, "MSB_TMPFS: mkdir %s: %s", e->path, strerror(errno));
+			return cfg_fail(err, "MSB_TMPFS: mkdir %s: %s", e->path, strerror(errno));
 		if (mount("tmpfs", e->path, "tmpfs", flags, data) < 0)
-			return fail(err, "MSB_TMPFS: mount tmpfs on %s (%s): %s", e->path, data,
+			return cfg_fail(err, "MSB_TMPFS: mount tmpfs on %s (%s): %s", e->path, data,
 				    strerror(errno));
 	}
 	return 0;
@@ -548,11 +535,11 @@ static int temp_dirs(struct cfg_err *err)
 
 	for (int i = 0; i < 2; i++) {
 		if (mkdir_p(dirs[i], 01777) < 0 || stat(dirs[i], &st) < 0)
-			return fail(err, "%s: %s", dirs[i], strerror(errno));
+			return cfg_fail(err, "%s: %s", dirs[i], strerror(errno));
 		if (!S_ISDIR(st.st_mode))
-			return fail(err, "%s: not a directory", dirs[i]);
+			return cfg_fail(err, "%s: not a directory", dirs[i]);
 		if ((st.st_mode & 07777) != 01777 && chmod(dirs[i], 01777) < 0)
-			return fail(err, "chmod %s: %s", dirs[i], strerror(errno));
+			return cfg_fail(err, "chmod %s: %s", dirs[i], strerror(errno));
 	}
 	return 0;
 }
@@ -584,14 +571,14 @@ static int loopback(int fd, struct cfg_err *err)
 	int idx = if_index(fd, "lo"), r;
 
 	if (idx < 0 || if_up(fd, "lo") < 0)
-		return fail(err, "loopback: %s", strerror(errno));
+		return cfg_fail(err, "loopback: %s", strerror(errno));
 	r = nl_add_addr(idx, AF_INET, v4, 8);
 	if (r < 0 && r != -EEXIST)
-		return fail(err, "loopback 127.0.0.1/8: %s", strerror(-r));
+		return cfg_fail(err, "loopback 127.0.0.1/8: %s", strerror(-r));
 	r = nl_add_addr(idx, AF_INET6, v6, 128);
 	/* A kernel without IPv6 has no ::1 to add. */
 	if (r < 0 && r != -EEXIST && r != -EAFNOSUPPORT)
-		return fail(err, "loopback ::1/128: %s", strerror(-r));
+		return cfg_fail(err, "loopback ::1/128: %s", strerror(-r));
 	return 0;
 }
 
@@ -622,15 +609,15 @@ static int net_link(int fd, const struct cfg_net *n, int *idx, struct cfg_err *e
 
 	*idx = if_index(fd, n->iface);
 	if (*idx < 0)
-		return fail(err, "MSB_NET: interface %s: %s", n->iface, strerror(errno));
+		return cfg_fail(err, "MSB_NET: interface %s: %s", n->iface, strerror(errno));
 	fmt(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", n->iface);
 	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
 	memcpy(ifr.ifr_hwaddr.sa_data, n->mac, 6);
 	if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0)
-		return fail(err, "MSB_NET: set mac of %s: %s", n->iface, strerror(errno));
+		return cfg_fail(err, "MSB_NET: set mac of %s: %s", n->iface, strerror(errno));
 	ifr.ifr_mtu = n->mtu;
 	if (ioctl(fd, SIOCSIFMTU, &ifr) < 0)
-		return fail(err, "MSB_NET: set mtu %u of %s: %s", n->mtu, n->iface,
+		return cfg_fail(err, "MSB_NET: set mtu %u of %s: %s", n->mtu, n->iface,
 			    strerror(errno));
 	return 0;
 }
@@ -648,7 +635,7 @@ static int net_addrs(int idx, const struct net_cfg *c, bool route, struct cfg_er
 		r = route ? nl_add_default_route(ips[i]->family, ips[i]->gw)
 			  : nl_add_addr(idx, ips[i]->family, ips[i]->addr, ips[i]->prefix);
 		if (r < 0)
-			return fail(err, "%s: add %s: %s", what, route ? "default route" : "address",
+			return cfg_fail(err, "%s: add %s: %s", what, route ? "default route" : "address",
 				    strerror(-r));
 	}
 	return 0;
@@ -662,13 +649,13 @@ static int net_apply(int fd, const struct net_cfg *c, struct cfg_err *err)
 	if (net_link(fd, &c->net, &idx, err) < 0 || net_addrs(idx, c, false, err) < 0)
 		return -1;
 	if (if_up(fd, c->net.iface) < 0)
-		return fail(err, "MSB_NET: bring up %s: %s", c->net.iface, strerror(errno));
+		return cfg_fail(err, "MSB_NET: bring up %s: %s", c->net.iface, strerror(errno));
 	if (net_addrs(idx, c, true, err) < 0)
 		return -1;
 	n = cfg_resolv(c->has_v4 ? &c->v4 : NULL, c->has_v6 ? &c->v6 : NULL, buf, sizeof(buf));
 	if (n > 0 && (mkdir_p("/etc", 0755) < 0 ||
 		      write_file("/etc/resolv.conf", buf, (size_t)n, O_TRUNC) < 0))
-		return fail(err, "write /etc/resolv.conf: %s", strerror(errno));
+		return cfg_fail(err, "write /etc/resolv.conf: %s", strerror(errno));
 	return 0;
 }
 
@@ -679,7 +666,7 @@ static int network(struct cfg_err *err)
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), r;
 
 	if (fd < 0)
-		return fail(err, "network socket: %s", strerror(errno));
+		return cfg_fail(err, "network socket: %s", strerror(errno));
 	r = loopback(fd, err);
 	if (r == 0 && net) {
 		r = net_parse(net, &c, err);
@@ -711,7 +698,7 @@ static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_er
 		if (!cur && errno == ENOENT)
 			continue;
 		if (!cur)
-			return fail(err, "read %s: %s", ca_bundles[i], strerror(errno));
+			return cfg_fail(err, "read %s: %s", ca_bundles[i], strerror(errno));
 		*used = ca_bundles[i];
 		if (!memmem(cur, len, pem, n)) {
 			if (len && cur[len - 1] != '\n')
@@ -720,11 +707,11 @@ static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_er
 				r = write_file(ca_bundles[i], pem, n, O_APPEND);
 		}
 		free(cur);
-		return r < 0 ? fail(err, "append CA to %s: %s", *used, strerror(errno)) : 0;
+		return r < 0 ? cfg_fail(err, "append CA to %s: %s", *used, strerror(errno)) : 0;
 	}
 	*used = ca_bundles[0];
 	if (mkdir_p("/etc/ssl/certs", 0755) < 0 || write_file(*used, pem, n, O_TRUNC) < 0)
-		return fail(err, "write %s: %s", *used, strerror(errno));
+		return cfg_fail(err, "write %s: %s", *used, strerror(errno));
 	return 0;
 }
 
@@ -742,7 +729,7 @@ static int install_ca(const struct agent *a, struct cfg_err *err)
 		return 0;
 	pem = read_file(path, FILE_MAX, &n);
 	if (!pem)
-		return fail(err, "read %s: %s", path, strerror(errno));
+		return cfg_fail(err, "read %s: %s", path, strerror(errno));
 	for (size_t i = 0; i < 2; i++) {
 		if (stat(ca_dirs[i], &st) < 0 || !S_ISDIR(st.st_mode))
 			continue;
@@ -770,18 +757,18 @@ static int profile_block(struct cfg_err *err)
 	char *cur = read_file("/etc/profile", FILE_MAX, &len);
 
 	if (!cur && errno != ENOENT)
-		return fail(err, "read /etc/profile: %s", strerror(errno));
+		return cfg_fail(err, "read /etc/profile: %s", strerror(errno));
 	n = cfg_profile_append(cur ? cur : "", cur ? len : 0, add);
 	free(cur);
 	if (n && (mkdir_p("/etc", 0755) < 0 || write_file("/etc/profile", add, n, O_APPEND) < 0))
-		return fail(err, "write /etc/profile: %s", strerror(errno));
+		return cfg_fail(err, "write /etc/profile: %s", strerror(errno));
 	return 0;
 }
 
 static int make_run(struct cfg_err *err)
 {
 	if (mkdir("/run", 0755) < 0 && errno != EEXIST)
-		return fail(err, "mkdir /run: %s", strerror(errno));
+		return cfg_fail(err, "mkdir /run: %s", strerror(errno));
 	return 0;
 }
 

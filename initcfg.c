@@ -15,10 +15,7 @@
 #include "fmt.h"
 #include "initcfg.h"
 
-static int fail(struct cfg_err *err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static int fail(struct cfg_err *err, const char *fmt, ...)
+int cfg_fail(struct cfg_err *err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -33,7 +30,7 @@ static int copy_text(char *dst, const char *s, const char *var, struct cfg_err *
 	size_t n = strlen(s);
 
 	if (n >= CFG_TEXT_MAX)
-		return fail(err, "%s: value longer than %d bytes", var, CFG_TEXT_MAX - 1);
+		return cfg_fail(err, "%s: value longer than %d bytes", var, CFG_TEXT_MAX - 1);
 	memcpy(dst, s, n + 1);
 	return 0;
 }
@@ -141,13 +138,13 @@ int cfg_parse_block_root(const char *s, struct cfg_block_root *out, struct cfg_e
 	out->fstype = NULL;
 	out->device = next_field(&p, ',');
 	if (!*out->device)
-		return fail(err, "MSB_BLOCK_ROOT: empty device path");
+		return cfg_fail(err, "MSB_BLOCK_ROOT: empty device path");
 	while (p) {
 		opt = next_field(&p, ',');
 		if (!has_prefix(opt, "fstype="))
-			return fail(err, "MSB_BLOCK_ROOT: unknown MSB_BLOCK_ROOT option '%.40s'", opt);
+			return cfg_fail(err, "MSB_BLOCK_ROOT: unknown MSB_BLOCK_ROOT option '%.40s'", opt);
 		if (!opt[7])
-			return fail(err, "MSB_BLOCK_ROOT: empty fstype value");
+			return cfg_fail(err, "MSB_BLOCK_ROOT: empty fstype value");
 		out->fstype = opt + 7;
 	}
 	return 0;
@@ -169,15 +166,15 @@ static int parse_mount(char *entry, struct cfg_mount *m, struct cfg_err *err)
 		n++;
 	}
 	if (n < 2)
-		return fail(err, "MSB_MOUNTS: entry must be tag:path[:ro]: '%.40s'", entry);
+		return cfg_fail(err, "MSB_MOUNTS: entry must be tag:path[:ro]: '%.40s'", entry);
 	if (n >= 3 && strcmp(parts[2], "ro") != 0)
-		return fail(err, "MSB_MOUNTS: unknown flag '%.40s'", parts[2]);
+		return cfg_fail(err, "MSB_MOUNTS: unknown flag '%.40s'", parts[2]);
 	if (n > 3)
-		return fail(err, "MSB_MOUNTS: too many parts in '%.40s'", entry);
+		return cfg_fail(err, "MSB_MOUNTS: too many parts in '%.40s'", entry);
 	if (!*parts[0])
-		return fail(err, "MSB_MOUNTS: empty tag");
+		return cfg_fail(err, "MSB_MOUNTS: empty tag");
 	if (parts[1][0] != '/')
-		return fail(err, "MSB_MOUNTS: guest path must be absolute: '%.40s'", parts[1]);
+		return cfg_fail(err, "MSB_MOUNTS: guest path must be absolute: '%.40s'", parts[1]);
 	m->tag = parts[0];
 	m->path = parts[1];
 	m->ro = n == 3;
@@ -197,7 +194,7 @@ int cfg_parse_mounts(const char *s, struct cfg_mounts *out, struct cfg_err *err)
 		if (!*entry)
 			continue;
 		if (out->n == CFG_ENTRIES_MAX)
-			return fail(err, "MSB_MOUNTS: more than %d entries", CFG_ENTRIES_MAX);
+			return cfg_fail(err, "MSB_MOUNTS: more than %d entries", CFG_ENTRIES_MAX);
 		if (parse_mount(entry, &out->m[out->n], err))
 			return -1;
 		out->n++;
@@ -213,18 +210,18 @@ static int parse_tmpfs_option(char *opt, struct cfg_tmpfs *t, struct cfg_err *er
 
 	if (has_prefix(opt, "size=")) {
 		if (parse_uint(opt + 5, 10, UINT32_MAX, &v))
-			return fail(err, "MSB_TMPFS: invalid tmpfs size '%.40s'", opt + 5);
+			return cfg_fail(err, "MSB_TMPFS: invalid tmpfs size '%.40s'", opt + 5);
 		t->has_size = true;
 		t->size_mib = (uint32_t)v;
 	} else if (has_prefix(opt, "mode=")) {
 		if (parse_uint(opt + 5, 8, UINT32_MAX, &v))
-			return fail(err, "MSB_TMPFS: invalid octal tmpfs mode '%.40s'", opt + 5);
+			return cfg_fail(err, "MSB_TMPFS: invalid octal tmpfs mode '%.40s'", opt + 5);
 		t->has_mode = true;
 		t->mode = (uint32_t)v;
 	} else if (strcmp(opt, "noexec") == 0) {
 		t->noexec = true;
 	} else {
-		return fail(err, "MSB_TMPFS: unknown tmpfs option '%.40s'", opt);
+		return cfg_fail(err, "MSB_TMPFS: unknown tmpfs option '%.40s'", opt);
 	}
 	return 0;
 }
@@ -236,7 +233,7 @@ static int parse_tmpfs_entry(char *entry, struct cfg_tmpfs *t, struct cfg_err *e
 	memset(t, 0, sizeof(*t));
 	t->path = next_field(&p, ',');
 	if (!*t->path)
-		return fail(err, "MSB_TMPFS: empty tmpfs path");
+		return cfg_fail(err, "MSB_TMPFS: empty tmpfs path");
 	while (p)
 		if (parse_tmpfs_option(next_field(&p, ','), t, err))
 			return -1;
@@ -256,7 +253,7 @@ int cfg_parse_tmpfs(const char *s, struct cfg_tmpfs_list *out, struct cfg_err *e
 		if (!*entry)
 			continue;
 		if (out->n == CFG_ENTRIES_MAX)
-			return fail(err, "MSB_TMPFS: more than %d entries", CFG_ENTRIES_MAX);
+			return cfg_fail(err, "MSB_TMPFS: more than %d entries", CFG_ENTRIES_MAX);
 		if (parse_tmpfs_entry(entry, &out->e[out->n], err))
 			return -1;
 		out->n++;
@@ -322,19 +319,19 @@ static int net_key(char *key, char *val, struct cfg_net *out, unsigned *seen,
 
 	if (val && strcmp(key, "iface") == 0) {
 		if (!*val || strlen(val) >= sizeof(out->iface))
-			return fail(err, "MSB_NET: iface must be 1 to 15 bytes: '%.40s'", val);
+			return cfg_fail(err, "MSB_NET: iface must be 1 to 15 bytes: '%.40s'", val);
 		strcpy(out->iface, val);
 		*seen |= 1;
 	} else if (val && strcmp(key, "mac") == 0) {
 		if (parse_mac(val, out->mac))
-			return fail(err, "MSB_NET: invalid mac '%.40s'", val);
+			return cfg_fail(err, "MSB_NET: invalid mac '%.40s'", val);
 		*seen |= 2;
 	} else if (val && strcmp(key, "mtu") == 0) {
 		if (parse_uint(val, 10, UINT16_MAX, &v))
-			return fail(err, "MSB_NET: invalid mtu '%.40s'", val);
+			return cfg_fail(err, "MSB_NET: invalid mtu '%.40s'", val);
 		out->mtu = (uint16_t)v;
 	} else {
-		return fail(err, "MSB_NET: unknown key '%.40s'", key);
+		return cfg_fail(err, "MSB_NET: unknown key '%.40s'", key);
 	}
 	return 0;
 }
@@ -355,9 +352,9 @@ int cfg_parse_net(const char *s, struct cfg_net *out, struct cfg_err *err)
 			return -1;
 	}
 	if (!(seen & 1))
-		return fail(err, "MSB_NET: missing iface=");
+		return cfg_fail(err, "MSB_NET: missing iface=");
 	if (!(seen & 2))
-		return fail(err, "MSB_NET: missing mac=");
+		return cfg_fail(err, "MSB_NET: missing mac=");
 	return 0;
 }
 
@@ -502,12 +499,12 @@ static int ip_addr_prefix(char *val, struct cfg_ip *out, const char *var,
 	uint64_t max = out->family == AF_INET ? 32 : 128;
 
 	if (!slash)
-		return fail(err, "%s: addr must be ADDR/PREFIX: '%.60s'", var, val);
+		return cfg_fail(err, "%s: addr must be ADDR/PREFIX: '%.60s'", var, val);
 	*slash = '\0';
 	if (parse_addr(val, out->family, out->addr))
-		return fail(err, "%s: invalid address '%.60s'", var, val);
+		return cfg_fail(err, "%s: invalid address '%.60s'", var, val);
 	if (parse_uint(slash + 1, 10, max, &prefix))
-		return fail(err, "%s: invalid prefix length '%.20s'", var, slash + 1);
+		return cfg_fail(err, "%s: invalid prefix length '%.20s'", var, slash + 1);
 	out->prefix = (uint8_t)prefix;
 	return 0;
 }
@@ -521,14 +518,14 @@ static int ip_key(char *key, char *val, struct cfg_ip *out, unsigned *seen,
 		*seen |= 1;
 	} else if (val && strcmp(key, "gw") == 0) {
 		if (parse_addr(val, out->family, out->gw))
-			return fail(err, "%s: invalid gw '%.60s'", var, val);
+			return cfg_fail(err, "%s: invalid gw '%.60s'", var, val);
 		*seen |= 2;
 	} else if (val && strcmp(key, "dns") == 0) {
 		if (parse_addr(val, out->family, out->dns))
-			return fail(err, "%s: invalid dns '%.60s'", var, val);
+			return cfg_fail(err, "%s: invalid dns '%.60s'", var, val);
 		out->has_dns = true;
 	} else {
-		return fail(err, "%s: unknown key '%.40s'", var, key);
+		return cfg_fail(err, "%s: unknown key '%.40s'", var, key);
 	}
 	return 0;
 }
@@ -542,7 +539,7 @@ int cfg_parse_ip(const char *s, int family, struct cfg_ip *out, struct cfg_err *
 	memset(out, 0, sizeof(*out));
 	out->family = family;
 	if (family != AF_INET && family != AF_INET6)
-		return fail(err, "bad address family %d", family);
+		return cfg_fail(err, "bad address family %d", family);
 	if (copy_text(text, s, var, err))
 		return -1;
 	while (p) {
@@ -552,9 +549,9 @@ int cfg_parse_ip(const char *s, int family, struct cfg_ip *out, struct cfg_err *
 			return -1;
 	}
 	if (!(seen & 1))
-		return fail(err, "%s: missing addr=", var);
+		return cfg_fail(err, "%s: missing addr=", var);
 	if (!(seen & 2))
-		return fail(err, "%s: missing gw=", var);
+		return cfg_fail(err, "%s: missing gw=", var);
 	return 0;
 }
 

@@ -70,6 +70,10 @@ struct cfg_ip {
 /* An env value as SPEC 10 counts it: NULL when unset, empty or not UTF-8. */
 const char *cfg_value(const char *v);
 
+/* Format the message into err; returns -1 for "return cfg_fail(...)". */
+int cfg_fail(struct cfg_err *err, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 int cfg_parse_block_root(const char *s, struct cfg_block_root *out, struct cfg_err *err);
 int cfg_parse_mounts(const char *s, struct cfg_mounts *out, struct cfg_err *err);
 int cfg_parse_tmpfs(const char *s, struct cfg_tmpfs_list *out, struct cfg_err *err);
