@@ -874,7 +874,9 @@ def main():
 		"duration_s": time.monotonic() - t_start,
 	}
 	os.makedirs(o.out, exist_ok=True)
-	name = "quick" if o.quick else "latest"
+	# Only a full run with the peer is "latest" (and goes into the README);
+	# a run without it must not overwrite the comparison.
+	name = "quick" if o.quick else "latest" if peer else "ours-only"
 	with open(os.path.join(o.out, name + ".json"), "w") as f:
 		json.dump(result, f, indent=1)
 		f.write("\n")
@@ -884,7 +886,7 @@ def main():
 		with open(os.path.join(o.out, ("quick-" if o.quick else "") + "ratios.svg"),
 			  "w") as f:
 			f.write(svg)
-	if not o.quick and os.path.abspath(o.out) == os.path.join(HERE, "results"):
+	if name == "latest" and os.path.abspath(o.out) == os.path.join(HERE, "results"):
 		update_readme(result)
 	log("done in %.0f s; results in %s" % (result["duration_s"], o.out))
 
