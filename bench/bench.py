@@ -480,6 +480,8 @@ def stop(vm, agent=None):
 		vm.wait_exit(10)
 	vm.kill()
 	shutil.rmtree(vm.bench_rt, ignore_errors=True)
+	if vm.own_workdir:
+		shutil.rmtree(vm.workdir, ignore_errors=True)
 
 
 def helper_modules_s(console):
