@@ -381,7 +381,7 @@ static int parse_ipv4(const char *s, uint8_t out[4])
 	return 0;
 }
 
-static int hex_digit(char c)
+int cfg_hex_digit(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -410,10 +410,10 @@ int cfg_parse_ipv6(const char *s, uint8_t out[16])
 		const char *start = s;
 		unsigned v = 0, nd = 0;
 
-		for (; hex_digit(*s) >= 0; s++, nd++) {
+		for (; cfg_hex_digit(*s) >= 0; s++, nd++) {
 			if (nd == 4)
 				return -1;
-			v = v * 16 + (unsigned)hex_digit(*s);
+			v = v * 16 + (unsigned)cfg_hex_digit(*s);
 		}
 		if (*s == '.') {  /* embedded IPv4: the last 32 bits */
 			if (n > 12 || parse_ipv4(start, b + n))

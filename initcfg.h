@@ -79,6 +79,8 @@ int cfg_parse_mounts(const char *s, struct cfg_mounts *out, struct cfg_err *err)
 int cfg_parse_tmpfs(const char *s, struct cfg_tmpfs_list *out, struct cfg_err *err);
 int cfg_parse_net(const char *s, struct cfg_net *out, struct cfg_err *err);
 int cfg_parse_ip(const char *s, int family, struct cfg_ip *out, struct cfg_err *err);
+/* 0..15 for a hexadecimal digit, else -1. */
+int cfg_hex_digit(char c);
 /* Textual IPv6 to 16 bytes (0, or -1), and back in RFC 5952 form (46 bytes). */
 int cfg_parse_ipv6(const char *s, uint8_t out[16]);
 void cfg_format_ipv6(const uint8_t a[16], char *buf);

@@ -149,6 +149,15 @@ def test_hostname_and_hosts(main_vm):
         "ff02::2\tip6-allrouters\n")
 
 
+def test_default_modules_follow_the_hardware(main_vm):
+    """Without MSB_MODULES, agentd loads a default module only for a device
+    that is there: this VM has virtio console, net and fs devices, no
+    virtio-blk, no rng and no PCI bus."""
+    mods = {line.split()[0] for line in sh(main_vm.agent, "cat /proc/modules").splitlines()}
+    assert {"virtio_console", "virtio_net", "virtiofs", "fuse"} <= mods, mods
+    assert not mods & {"virtio_blk", "virtio_rng", "virtio_pci"}, mods
+
+
 def test_network(main_vm):
     a = main_vm.agent
     lo = sh(a, "ip addr show dev lo")
