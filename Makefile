@@ -57,6 +57,7 @@ unit: test/unit-san test/unit-musl
 
 integration: agentd agentd-san agentctl
 	$(PYTHON) -m pytest -q test/
+	$(PYTHON) -m pytest -q -p no:cacheprovider bench/test_g7host.py
 	AGENTD=$(CURDIR)/agentd-san $(PYTHON) -m pytest -q -m "not slow" test/
 
 vmtest: agentd agentctl
