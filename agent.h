@@ -83,6 +83,10 @@ struct agent {
 /* Queue one message for the host on id.  -1 only when it cannot be
  * encoded (larger than a frame); the caller then reports that error. */
 int agent_send(struct agent *a, uint32_t id, const struct msg *m);
+/* Room for n more bytes at len in a byte queue whose bytes before head
+ * are consumed: compacts, then grows by doubling.  0, or -1 (no memory). */
+int queue_reserve(uint8_t **buf, size_t *head, size_t *len, size_t *cap,
+		  size_t n);
 /* Room left under the soft limit, for bulk producers. */
 size_t agent_out_room(const struct agent *a);
 /* epoll registration; w->events tracks what is registered.  Unwatching

@@ -133,30 +133,36 @@ size_t agent_out_room(const struct agent *a)
 	return p < OUT_SOFT_LIMIT ? OUT_SOFT_LIMIT - p : 0;
 }
 
-static int out_reserve(struct agent *a, size_t n)
+int queue_reserve(uint8_t **buf, size_t *head, size_t *len, size_t *cap,
+		  size_t n)
 {
-	struct cbor_out *o = &a->out;
-	size_t cap;
+	size_t c;
 	uint8_t *p;
 
-	if (o->cap - o->len >= n)
+	if (*cap - *len >= n)
 		return 0;
-	if (a->out_head) {
-		memmove(o->buf, o->buf + a->out_head, o->len - a->out_head);
-		o->len -= a->out_head;
-		a->out_head = 0;
-		if (o->cap - o->len >= n)
+	if (*head) {
+		memmove(*buf, *buf + *head, *len - *head);
+		*len -= *head;
+		*head = 0;
+		if (*cap - *len >= n)
 			return 0;
 	}
-	cap = o->cap ? o->cap : 64 * 1024;
-	while (cap - o->len < n)
-		cap *= 2;
-	p = realloc(o->buf, cap);
+	c = *cap ? *cap : 64 * 1024;
+	while (c - *len < n)
+		c *= 2;
+	p = realloc(*buf, c);
 	if (!p)
 		return -1;
-	o->buf = p;
-	o->cap = cap;
+	*buf = p;
+	*cap = c;
 	return 0;
+}
+
+static int out_reserve(struct agent *a, size_t n)
+{
+	return queue_reserve(&a->out.buf, &a->out_head, &a->out.len,
+			     &a->out.cap, n);
 }
 
 /* An emptied queue gives back memory a burst made it take. */

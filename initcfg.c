@@ -181,24 +181,39 @@ static int parse_mount(char *entry, struct cfg_mount *m, struct cfg_err *err)
 	return 0;
 }
 
-int cfg_parse_mounts(const char *s, struct cfg_mounts *out, struct cfg_err *err)
+/*
+ * The entries of a ';'-separated list, empty ones skipped (SPEC 10.4,
+ * 10.6): at most CFG_ENTRIES_MAX.  Returns their count, or -1.
+ */
+static int split_entries(char *text, const char *var, char **entries,
+			 struct cfg_err *err)
 {
-	char *p = out->text;
+	int n = 0;
 
-	out->n = 0;
-	if (copy_text(out->text, s, "MSB_MOUNTS", err))
-		return -1;
-	while (p) {
-		char *entry = next_field(&p, ';');
+	while (text) {
+		char *entry = next_field(&text, ';');
 
 		if (!*entry)
 			continue;
-		if (out->n == CFG_ENTRIES_MAX)
-			return cfg_fail(err, "MSB_MOUNTS: more than %d entries", CFG_ENTRIES_MAX);
-		if (parse_mount(entry, &out->m[out->n], err))
-			return -1;
-		out->n++;
+		if (n == CFG_ENTRIES_MAX)
+			return cfg_fail(err, "%s: more than %d entries", var, CFG_ENTRIES_MAX);
+		entries[n++] = entry;
 	}
+	return n;
+}
+
+int cfg_parse_mounts(const char *s, struct cfg_mounts *out, struct cfg_err *err)
+{
+	char *entries[CFG_ENTRIES_MAX];
+	int n;
+
+	out->n = 0;
+	if (copy_text(out->text, s, "MSB_MOUNTS", err) ||
+	    (n = split_entries(out->text, "MSB_MOUNTS", entries, err)) < 0)
+		return -1;
+	for (; (int)out->n < n; out->n++)
+		if (parse_mount(entries[out->n], &out->m[out->n], err))
+			return -1;
 	return 0;
 }
 
@@ -242,22 +257,16 @@ static int parse_tmpfs_entry(char *entry, struct cfg_tmpfs *t, struct cfg_err *e
 
 int cfg_parse_tmpfs(const char *s, struct cfg_tmpfs_list *out, struct cfg_err *err)
 {
-	char *p = out->text;
+	char *entries[CFG_ENTRIES_MAX];
+	int n;
 
 	out->n = 0;
-	if (copy_text(out->text, s, "MSB_TMPFS", err))
+	if (copy_text(out->text, s, "MSB_TMPFS", err) ||
+	    (n = split_entries(out->text, "MSB_TMPFS", entries, err)) < 0)
 		return -1;
-	while (p) {
-		char *entry = next_field(&p, ';');
-
-		if (!*entry)
-			continue;
-		if (out->n == CFG_ENTRIES_MAX)
-			return cfg_fail(err, "MSB_TMPFS: more than %d entries", CFG_ENTRIES_MAX);
-		if (parse_tmpfs_entry(entry, &out->e[out->n], err))
+	for (; (int)out->n < n; out->n++)
+		if (parse_tmpfs_entry(entries[out->n], &out->e[out->n], err))
 			return -1;
-		out->n++;
-	}
 	return 0;
 }
 

@@ -345,24 +345,9 @@ static void on_stdin(struct agent *a, struct watch *w, uint32_t events)
 static int stdin_append(struct session *s, struct slice data)
 {
 	struct stdin_queue *q = &s->q;
-	size_t cap;
-	uint8_t *p;
 
-	if (q->cap - q->len < data.n && q->head) {
-		memmove(q->buf, q->buf + q->head, q->len - q->head);
-		q->len -= q->head;
-		q->head = 0;
-	}
-	if (q->cap - q->len < data.n) {
-		cap = q->cap ? q->cap : 64 * 1024;
-		while (cap - q->len < data.n)
-			cap *= 2;
-		p = realloc(q->buf, cap);
-		if (!p)
-			return -1;
-		q->buf = p;
-		q->cap = cap;
-	}
+	if (queue_reserve(&q->buf, &q->head, &q->len, &q->cap, data.n) < 0)
+		return -1;
 	memcpy(q->buf + q->len, data.p, data.n);
 	q->len += data.n;
 	return 0;
