@@ -488,26 +488,6 @@ static char *trimmed(struct arena *ar, const char *s, size_t n)
 	return p;
 }
 
-/* A u32 in decimal (one leading '+' allowed, as the reference does). */
-static bool parse_id(const char *s, uint32_t *out)
-{
-	uint64_t v = 0;
-
-	if (*s == '+')
-		s++;
-	if (!*s)
-		return false;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return false;
-		v = v * 10 + (*s - '0');
-		if (v > 0xffffffffu)
-			return false;
-	}
-	*out = v;
-	return true;
-}
-
 /* SPEC 5.5.  Returns NULL or an error message. */
 static const char *resolve_user(struct arena *ar, const char *spec,
 				struct spawn *sp)
@@ -527,7 +507,7 @@ static const char *resolve_user(struct arena *ar, const char *spec,
 		return "user spec has empty user";
 	sp->switch_user = true;
 	sp->gid = getgid();
-	if (parse_id(user, &n)) {
+	if (userdb_parse_id(user, &n)) {
 		sp->uid = n;
 		known = userdb_user_by_uid(n, &pw) == 0;
 	} else {
@@ -544,7 +524,7 @@ static const char *resolve_user(struct arena *ar, const char *spec,
 	if (group) {
 		if (!*group)
 			return "user spec has empty group";
-		if (parse_id(group, &n))
+		if (userdb_parse_id(group, &n))
 			sp->gid = n;
 		else if (userdb_group_by_name(group, &sp->gid) < 0)
 			return "guest group not found";

@@ -78,10 +78,12 @@ static int split(char *line, char **field, int max)
 	return n;
 }
 
-static bool parse_id(const char *s, uint32_t *out)
+bool userdb_parse_id(const char *s, uint32_t *out)
 {
 	uint64_t v = 0;
 
+	if (*s == '+')
+		s++;
 	if (!*s)
 		return false;
 	for (; *s; s++) {
@@ -117,8 +119,8 @@ static int find_user(const char *name, uint32_t uid, struct user_entry *u)
 	while (found < 0 && (line = next_line(&l))) {
 		uint32_t id, gid;
 
-		if (split(line, f, 7) < 7 || !parse_id(f[2], &id) ||
-		    !parse_id(f[3], &gid))
+		if (split(line, f, 7) < 7 || !userdb_parse_id(f[2], &id) ||
+		    !userdb_parse_id(f[3], &gid))
 			continue;
 		if (name ? strcmp(f[0], name) != 0 : id != uid)
 			continue;
@@ -176,7 +178,7 @@ static int scan_groups(const char *name, uint32_t *gid, const char *user,
 	while ((line = next_line(&l))) {
 		uint32_t id;
 
-		if (split(line, f, 4) < 4 || !parse_id(f[2], &id))
+		if (split(line, f, 4) < 4 || !userdb_parse_id(f[2], &id))
 			continue;
 		if (name && !strcmp(f[0], name)) {
 			*gid = id;

@@ -12,6 +12,9 @@ struct user_entry {
 	char home[256];
 };
 
+/* A u32 in decimal, one leading '+' allowed (as the reference's user-spec
+ * parser does, SPEC 5.5). */
+bool userdb_parse_id(const char *s, uint32_t *out);
 /* 0 when found, -1 when not (or the file cannot be read). */
 int userdb_user_by_name(const char *name, struct user_entry *u);
 int userdb_user_by_uid(uint32_t uid, struct user_entry *u);
