@@ -6,7 +6,7 @@ import socket
 import stat
 import subprocess
 
-from .errors import SpawnAgentError, TransportError
+from .errors import ConnectionClosed, SpawnAgentError, TransportError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO_AGENTD = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "agentd")
@@ -100,5 +100,7 @@ def write_some(fd, sock, data):
         return sock.send(data) if sock is not None else os.write(fd, data)
     except (BlockingIOError, InterruptedError):
         return 0
+    except (BrokenPipeError, ConnectionResetError) as e:
+        raise ConnectionClosed("the agent closed the connection") from e
     except OSError as e:
         raise TransportError("writing the agent port: %s" % e.strerror) from e
