@@ -58,6 +58,7 @@ unit: test/unit-san test/unit-musl
 integration: agentd agentd-san agentctl
 	$(PYTHON) -m pytest -q test/
 	$(PYTHON) -m pytest -q -p no:cacheprovider bench/test_g7host.py
+	$(PYTHON) -m pytest -q -p no:cacheprovider python/tests/
 	AGENTD=$(CURDIR)/agentd-san $(PYTHON) -m pytest -q -m "not slow" test/
 
 vmtest: agentd agentctl
