@@ -24,11 +24,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "test"))
+sys.path.insert(0, os.path.join(ROOT, "python"))
 sys.path.insert(0, os.path.join(ROOT, "test", "vm"))
 sys.path.insert(0, HERE)
 
-import agentclient  # noqa: E402
+from agentd_client import lowlevel as agentclient  # noqa: E402
 import g7host  # noqa: E402
 import svgchart  # noqa: E402
 import vmlib  # noqa: E402

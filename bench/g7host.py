@@ -4,7 +4,7 @@ A generation-7 agent (microsandbox's own, the "peer" of the benchmark)
 reads a core.bootstrap frame before anything else, reports
 core.init.resolved, waits for core.init.ack and only then sends
 core.ready.  This module lets the benchmark drive it with the same test
-client (test/agentclient.py) that drives our seed-generation agent:
+client (agentd_client.lowlevel) that drives our seed-generation agent:
 
     a = G7Agent(sock)           # connected port, nothing read yet
     a.boot()                    # bootstrap -> resolved -> ack -> ready
@@ -17,9 +17,9 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "test"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
-import agentclient  # noqa: E402
+from agentd_client import lowlevel as agentclient  # noqa: E402
 
 G7 = 7
 MINIMAL_BOOTSTRAP = {"security_profile": "default"}

@@ -12,8 +12,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
-from agentclient import AGENTD, Agent  # noqa: E402
+from agentd_client.lowlevel import AGENTD, Agent  # noqa: E402
 
 SANITIZED = os.path.basename(AGENTD).endswith("-san")
 _FIGURES = []

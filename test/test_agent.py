@@ -11,7 +11,7 @@ import time
 import cbor2
 import pytest
 
-from agentclient import AGENTD, Agent, encode_frame
+from agentd_client.lowlevel import AGENTD, Agent, encode_frame
 from conftest import SANITIZED
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")

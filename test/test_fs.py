@@ -1,7 +1,7 @@
 """Filesystem operations and file transfer (SPEC 4 and 6, issue 4).
 
 Every test drives the real agentd binary over a socketpair with the
-independent client in agentclient.py and checks the result on the host's
+independent client in agentd_client.lowlevel and checks the result on the host's
 filesystem with Python's own os calls.
 """
 import errno
@@ -20,7 +20,7 @@ import time
 import cbor2
 import pytest
 
-from agentclient import AGENTD, Agent, encode_frame
+from agentd_client.lowlevel import AGENTD, Agent, encode_frame
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(HERE, "vectors")

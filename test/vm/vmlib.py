@@ -1,7 +1,7 @@
 """vmlib - boot a QEMU microVM with agentd as /init and talk to it.
 
 Used by the VM scenarios (test/vm/vm_scenarios.py), ./microvm and bench/.
-Run with Debian's /usr/bin/python3 (needs python3-cbor2 for agentclient).
+Run with Debian's /usr/bin/python3 (needs python3-cbor2 for agentd_client).
 
 API
 ---
@@ -34,7 +34,7 @@ API
       .start()            listen on the agent socket, start virtiofsd(s), then
                           QEMU (-M microvm, console on the serial port captured
                           to .console_path); returns self
-      .connect(timeout=60) -> agentclient.Agent, after core.ready arrived
+      .connect(timeout=60) -> agentd_client.lowlevel.Agent, after core.ready arrived
                           (vm.ready: the ready Frame, vm.ready_wall_s: seconds
                           from QEMU start to ready)
       .wait_exit(timeout) -> QEMU's exit status, or None if still running
@@ -59,9 +59,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "test"))
+sys.path.insert(0, os.path.join(ROOT, "python"))
 
-from agentclient import Agent  # noqa: E402
+from agentd_client.lowlevel import Agent  # noqa: E402
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
 VIRTIOFSD = os.environ.get("VIRTIOFSD", "/usr/lib/qemu/virtiofsd")
