@@ -28,8 +28,11 @@ API
         net          True: -netdev user + virtio-net-device (guest 10.0.2.15,
                      gateway 10.0.2.2, dns 10.0.2.3); MAC is VM.MAC
         disks        raw image paths: virtio-blk-device each (/dev/vda, vdb, ...)
-        accel        "auto" ($VM_ACCEL, default tcg: /dev/kvm exists on the CI
-                     machines but nested KVM fails), "kvm", "tcg"
+        accel        "auto": $VM_ACCEL, else KVM when it really runs a guest
+                     here, else TCG (test/vm/accel.py, shared with ./microvm);
+                     "kvm", "tcg"; start() resolves it (.accel_why says why)
+        keep         True: QEMU may outlive this process (./microvm --keep);
+                     otherwise it is SIGKILLed when this process dies
 
       .start()            listen on the agent socket, start virtiofsd(s), then
                           QEMU (-M microvm, console on the serial port captured
@@ -62,6 +65,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "test"))
 
 from agentclient import Agent  # noqa: E402
+import accel as accelmod  # noqa: E402
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
 VIRTIOFSD = os.environ.get("VIRTIOFSD", "/usr/lib/qemu/virtiofsd")
@@ -117,7 +121,7 @@ class VM:
 
     def __init__(self, initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
                  mounts=None, mem=256, net=False, accel="auto", smp=1,
-                 workdir=None, qemu_args=(), disks=()):
+                 workdir=None, qemu_args=(), disks=(), keep=False):
         self.initrd = initrd
         self.kernel = kernel or find_kernel()
         self.cmdline = cmdline
@@ -127,6 +131,9 @@ class VM:
         self.mem = mem
         self.net = net
         self.accel = accel
+        self.accel_why = ""
+        self.accel_console = ""
+        self.keep = keep
         self.smp = smp
         self.qemu_args = list(qemu_args)
         self.disks = list(disks)
@@ -156,7 +163,8 @@ class VM:
         log = open(os.path.join(self.workdir, "virtiofsd-%s.log" % tag), "wb")
         p = subprocess.Popen([VIRTIOFSD, "--socket-path=" + sock, "-o", "source=" + src,
                               "-o", "cache=none"], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=log)
+                             stdout=log, stderr=log,
+                             preexec_fn=None if self.keep else accelmod.die_with_parent)
         log.close()
         self.daemons.append(p)
         deadline = time.monotonic() + 10
@@ -168,11 +176,6 @@ class VM:
 
     def qemu_command(self, shares):
         accel = self.accel
-        if accel == "auto":
-            # /dev/kvm can open fine and still fail at the first vCPU MSR
-            # write (nested virtualisation on the CI machines), so KVM is
-            # only used when asked for: accel="kvm" or VM_ACCEL=kvm.
-            accel = os.environ.get("VM_ACCEL", "tcg")
         words = ["console=ttyS0", "reboot=t", "panic=-1"]
         if not os.environ.get("VM_VERBOSE"):
             words.append("quiet")
@@ -217,6 +220,7 @@ class VM:
     def start(self):
         if not self.kernel:
             raise RuntimeError("no kernel image found (set VM_KERNEL)")
+        self.resolve_accel()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.sock_path)
         self.listener.listen(1)
@@ -231,12 +235,21 @@ class VM:
             con = open(self.console_path, "wb")
             self.t_start = time.monotonic()
             self.qemu = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=con,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=None if self.keep
+                                         else accelmod.die_with_parent)
             con.close()
         except BaseException:
             self.kill()
             raise
         return self
+
+    def resolve_accel(self):
+        """auto/kvm/tcg -> kvm or tcg (accel.choose; raises accel.KVMBroken
+        when kvm was asked for and does not run a guest)."""
+        if self.accel in ("auto", "kvm"):
+            v = accelmod.choose(self.kernel, shutil.which(QEMU) or QEMU, self.accel)
+            self.accel, self.accel_why, self.accel_console = v
 
     def connect(self, timeout=60):
         """Accept QEMU's connection and wait for core.ready."""
@@ -248,10 +261,11 @@ class VM:
                 break
             except socket.timeout:
                 if self.qemu.poll() is not None:
-                    raise RuntimeError("QEMU exited (%s) before connecting:\n%s"
-                                       % (self.qemu.returncode, self.console()))
+                    raise RuntimeError("QEMU exited (%s) before connecting; %s"
+                                       % (self.qemu.returncode, self.diagnosis()))
                 if time.monotonic() > deadline:
-                    raise TimeoutError("QEMU did not connect to the agent socket")
+                    raise TimeoutError("QEMU did not connect to the agent socket; %s"
+                                       % self.diagnosis())
         conn.settimeout(None)
         a = Agent(conn)
         while True:
@@ -261,14 +275,14 @@ class VM:
             except EOFError:
                 self.wait_exit(5)
                 raise RuntimeError("QEMU closed the agent socket before core.ready "
-                                   "(%s):\n%s" % (self.qemu.poll(), self.console()))
+                                   "(%s); %s" % (self.qemu.poll(), self.diagnosis()))
             except TimeoutError:
                 if self.qemu.poll() is not None:
-                    raise RuntimeError("VM stopped before core.ready (%s):\n%s"
-                                       % (self.qemu.returncode, self.console()))
+                    raise RuntimeError("VM stopped before core.ready (%s); %s"
+                                       % (self.qemu.returncode, self.diagnosis()))
                 if time.monotonic() > deadline:
-                    raise TimeoutError("no core.ready within %ss:\n%s"
-                                       % (timeout, self.console()))
+                    raise TimeoutError("no core.ready within %ss; %s"
+                                       % (timeout, self.diagnosis()))
         assert a.ready.t == "core.ready", a.ready
         self.ready_wall_s = time.monotonic() - self.t_start
         self.ready = a.ready
@@ -287,6 +301,17 @@ class VM:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+    def diagnosis(self, lines=25):
+        """Which accelerator ran and why, and the console's last lines: never
+        an empty console alone."""
+        s = "accel %s (%s)" % (self.accel, self.accel_why or "asked for")
+        if self.accel_console:
+            s += "; the KVM probe's console said:\n" + self.accel_console
+        con = accelmod.last_lines(self.console().encode(), lines)
+        state = "running" if self.qemu and self.qemu.poll() is None else (
+            "exited with status %s" % (self.qemu.returncode if self.qemu else "?"))
+        return "%s\nQEMU %s; the guest console's last lines:\n%s" % (s, state, con)
 
     def kill(self):
         if self.agent is not None:
