@@ -9,9 +9,10 @@ API
 
     find_kernel() -> str | None        newest /boot/vmlinuz-*, or $VM_KERNEL
     have_qemu() -> bool                qemu-system-x86_64 on PATH
-    build_initrd(out, init=None, add=(), modules=None) -> out
+    build_initrd(out, init=None, add=(), modules=None, guest=None) -> out
                                        runs test/vm/mkinitramfs (agentd as
-                                       /init by default; add = ["SRC=DEST"])
+                                       /init by default; add = ["SRC=DEST"];
+                                       guest: guestarch.Guest for aarch64)
 
     VM(initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
        mounts=None, mem=256, net=False, accel="auto", smp=1,
@@ -31,6 +32,11 @@ API
         accel        "auto": $VM_ACCEL, else KVM when it really runs a guest
                      here, else TCG (test/vm/accel.py, shared with ./microvm);
                      "kvm", "tcg"; start() resolves it (.accel_why says why)
+        arch         "x86_64" or "aarch64" (qemu-system-aarch64 -M virt -cpu
+                     cortex-a57, always TCG on an x86-64 host)
+        pci          True: the PCI transport (virtio-*-pci; machine q35 on
+                     x86-64), else virtio-mmio (virtio-*-device)
+        machine      QEMU machine (default microvm, q35 with pci, virt on arm)
         keep         True: QEMU may outlive this process (./microvm --keep);
                      otherwise it is SIGKILLed when this process dies
 
@@ -68,6 +74,7 @@ from agentclient import Agent  # noqa: E402
 import accel as accelmod  # noqa: E402
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+QEMU_AARCH64 = os.environ.get("QEMU_AARCH64", "qemu-system-aarch64")
 VIRTIOFSD = os.environ.get("VIRTIOFSD", "/usr/lib/qemu/virtiofsd")
 
 
@@ -88,8 +95,11 @@ def have_virtiofsd():
     return os.access(VIRTIOFSD, os.X_OK)
 
 
-def build_initrd(out, init=None, add=(), modules=None):
+def build_initrd(out, init=None, add=(), modules=None, guest=None):
     cmd = [sys.executable, os.path.join(HERE, "mkinitramfs")]
+    if guest:
+        cmd += ["--kernel-version", guest.kver, "--modules-dir", guest.modules_dir,
+                "--busybox", guest.busybox]
     if init:
         cmd += ["--init", init]
     if modules is not None:
@@ -121,8 +131,12 @@ class VM:
 
     def __init__(self, initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
                  mounts=None, mem=256, net=False, accel="auto", smp=1,
-                 workdir=None, qemu_args=(), disks=(), keep=False):
+                 workdir=None, qemu_args=(), disks=(), keep=False, arch="x86_64",
+                 pci=False, machine=None):
         self.initrd = initrd
+        self.arch = arch
+        self.pci = pci
+        self.machine = machine
         self.kernel = kernel or find_kernel()
         self.cmdline = cmdline
         self.env = dict(env or {})
@@ -176,11 +190,12 @@ class VM:
 
     def qemu_command(self, shares):
         accel = self.accel
-        words = ["console=ttyS0", "reboot=t", "panic=-1"]
+        arm = self.arch == "aarch64"
+        words = ["console=ttyAMA0" if arm else "console=ttyS0", "reboot=t", "panic=-1"]
         if not os.environ.get("VM_VERBOSE"):
             words.append("quiet")
         khz = tsc_khz()
-        if khz and accel == "tcg":
+        if khz and accel == "tcg" and not arm:
             # tsc_early_khz: the guest cannot calibrate its TSC under TCG.
             # tsc=reliable: no clocksource watchdog; on a loaded host it
             # marks the TSC unstable, and microvm has no other timer, so
@@ -191,30 +206,37 @@ class VM:
         if self.cmdline:
             words.append(self.cmdline)
         words += [_kernel_arg(k, v) for k, v in self.env.items()]
-        machine = "microvm"
-        cmd = [QEMU, "-accel", accel, "-m", "%dM" % self.mem, "-smp", str(self.smp),
+        machine = self.machine or ("virt" if arm else "q35" if self.pci else "microvm")
+        # virtio-mmio devices are "-device", the PCI ones "-pci".
+        bus = "pci" if self.pci else "device"
+        cmd = [QEMU_AARCH64 if arm else QEMU, "-accel", accel, "-m", "%dM" % self.mem, "-smp", str(self.smp),
                "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                "-serial", "stdio", "-kernel", self.kernel, "-initrd", self.initrd,
                "-append", " ".join(words)]
         if accel == "kvm":
             cmd += ["-cpu", "host"]
+        elif arm:
+            # -cpu max is 5-10x slower under TCG (pointer authentication);
+            # -nic none: a default NIC would shift the virtio-mmio slots.
+            cmd += ["-cpu", "cortex-a57", "-nic", "none"]
         if shares:
             machine += ",memory-backend=mem"
-            cmd += ["-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % self.mem,
-                    "-global", "virtio-mmio.force-legacy=false"]
+            cmd += ["-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % self.mem]
+            if not self.pci:
+                cmd += ["-global", "virtio-mmio.force-legacy=false"]
             for i, (tag, sock) in enumerate(shares):
                 cmd += ["-chardev", "socket,id=vfs%d,path=%s" % (i, sock),
-                        "-device", "vhost-user-fs-device,chardev=vfs%d,tag=%s" % (i, tag)]
+                        "-device", "vhost-user-fs-%s,chardev=vfs%d,tag=%s" % (bus, i, tag)]
         cmd[1:1] = ["-M", machine]
-        cmd += ["-device", "virtio-serial-device",
+        cmd += ["-device", "virtio-serial-" + bus,
                 "-chardev", "socket,id=agent,path=%s" % self.sock_path,
                 "-device", "virtserialport,chardev=agent,name=agent"]
         for i, disk in enumerate(self.disks):
             cmd += ["-drive", "file=%s,if=none,format=raw,id=d%d" % (disk, i),
-                    "-device", "virtio-blk-device,drive=d%d" % i]
+                    "-device", "virtio-blk-%s,drive=d%d" % (bus, i)]
         if self.net:
             cmd += ["-netdev", "user,id=n0", "-device",
-                    "virtio-net-device,netdev=n0,mac=%s" % self.MAC]
+                    "virtio-net-%s,netdev=n0,mac=%s" % (bus, self.MAC)]
         return cmd + self.qemu_args
 
     def start(self):
@@ -247,7 +269,10 @@ class VM:
     def resolve_accel(self):
         """auto/kvm/tcg -> kvm or tcg (accel.choose; raises accel.KVMBroken
         when kvm was asked for and does not run a guest)."""
-        if self.accel in ("auto", "kvm"):
+        if self.arch != os.uname().machine:
+            self.accel, self.accel_why = "tcg", "the guest is %s, the host %s" % (
+                self.arch, os.uname().machine)
+        elif self.accel in ("auto", "kvm"):
             v = accelmod.choose(self.kernel, shutil.which(QEMU) or QEMU, self.accel)
             self.accel, self.accel_why, self.accel_console = v
 
