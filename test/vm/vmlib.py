@@ -270,6 +270,9 @@ class VM:
         """auto/kvm/tcg -> kvm or tcg (accel.choose; raises accel.KVMBroken
         when kvm was asked for and does not run a guest)."""
         if self.arch != os.uname().machine:
+            if self.accel == "kvm":
+                raise accelmod.KVMBroken("KVM cannot run an %s guest on this %s host"
+                                         % (self.arch, os.uname().machine))
             self.accel, self.accel_why = "tcg", "the guest is %s, the host %s" % (
                 self.arch, os.uname().machine)
         elif self.accel in ("auto", "kvm"):
