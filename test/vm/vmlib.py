@@ -148,6 +148,7 @@ class VM:
         self.accel_why = ""
         self.accel_console = ""
         self.keep = keep
+        self.own_session = False
         self.smp = smp
         self.qemu_args = list(qemu_args)
         self.disks = list(disks)
@@ -258,6 +259,7 @@ class VM:
             self.t_start = time.monotonic()
             self.qemu = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=con,
                                          stderr=subprocess.STDOUT,
+                                         start_new_session=self.own_session,
                                          preexec_fn=None if self.keep
                                          else accelmod.die_with_parent)
             con.close()
