@@ -31,10 +31,15 @@ class Unavailable(RuntimeError):
     pass
 
 
+def which(tool):
+    """shutil.which, also in the sbin directories a user's PATH may lack."""
+    return shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+
+
 def missing_aarch64_tools():
     for tool, pkg in ((QEMU_AARCH64, "qemu-system-arm"), ("apt-get", "apt"),
                       ("dpkg-deb", "dpkg"), ("depmod", "kmod")):
-        if not shutil.which(tool):
+        if not which(tool):
             return "%s not installed (apt-get install %s)" % (tool, pkg)
     return None
 
@@ -83,7 +88,7 @@ def aarch64_guest(log=None):
         root = os.path.join(tmp, "root")
         for deb in sorted(f for f in os.listdir(tmp) if f.endswith(".deb")):
             _run(["dpkg-deb", "-x", os.path.join(tmp, deb), root])
-        _run(["depmod", "-b", root, kver])
+        _run([which("depmod"), "-b", root, kver])
         shutil.rmtree(d, ignore_errors=True)
         os.rename(root, d)
     finally:
