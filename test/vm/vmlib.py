@@ -217,9 +217,11 @@ class VM:
         if accel == "kvm":
             cmd += ["-cpu", "host"]
         elif arm:
-            # -cpu max is 5-10x slower under TCG (pointer authentication);
-            # -nic none: a default NIC would shift the virtio-mmio slots.
-            cmd += ["-cpu", "cortex-a57", "-nic", "none"]
+            # -cpu max is 5-10x slower under TCG (pointer authentication).
+            cmd += ["-cpu", "cortex-a57"]
+        if arm:
+            # A default NIC would shift the virtio-mmio slots.
+            cmd += ["-nic", "none"]
         if shares:
             machine += ",memory-backend=mem"
             cmd += ["-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % self.mem]
@@ -277,6 +279,12 @@ class VM:
                                          % (self.arch, os.uname().machine))
             self.accel, self.accel_why = "tcg", "the guest is %s, the host %s" % (
                 self.arch, os.uname().machine)
+        elif self.arch != "x86_64":
+            # The KVM probe boots x86-64's microvm machine; on another host
+            # KVM is used only when asked for.
+            if self.accel == "auto":
+                self.accel = os.environ.get("VM_ACCEL") or "tcg"
+                self.accel_why = "no KVM probe on %s hosts" % self.arch
         elif self.accel in ("auto", "kvm"):
             v = accelmod.choose(self.kernel, shutil.which(QEMU) or QEMU, self.accel)
             self.accel, self.accel_why, self.accel_console = v
