@@ -98,6 +98,7 @@ def vm(request, tmp_path_factory):
     finally:
         print("\n--- %s console (tail) ---\n%s" % (request.param, v.console()[-2000:]))
         v.kill()
+        shutil.rmtree(v.workdir, ignore_errors=True)
 
 
 def sh(a, script):
