@@ -54,7 +54,10 @@ API
 Facts baked in (see issue 5): tsc_early_khz=<host MHz*1000> so the guest's
 timer calibrates under TCG; virtiofs needs a shared memfd memory backend and
 non-legacy virtio-mmio; the host listens on the agent socket before QEMU
-starts so the port is connected when the guest opens it.
+starts so the port is connected when the guest opens it.  aarch64 (issue
+12): -cpu cortex-a57 (-cpu max is 5-10x slower under TCG), -nic none (a
+default NIC shifts the virtio-mmio slots); Debian's arm64 kernel has
+VIRTIO_MMIO, VIRTIO_PCI and VIRTIO_CONSOLE as modules, which agentd loads.
 """
 import glob
 import os
