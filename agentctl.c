@@ -849,6 +849,7 @@ static const char usage_main[] =
 "                        connection: bootstrap, init ack, ready; then exec,\n"
 "                        ready and shutdown work as usual\n"
 "  -h, --help            this help; COMMAND --help for a command's help\n"
+"      --version         print the version and the protocol generations\n"
 "\n"
 "commands:\n"
 "  exec [-t|-T] [-i] [-e K=V] [-w DIR] [-u USER] [--timeout D] -- CMD [ARG...]\n"
@@ -2030,6 +2031,7 @@ int main(int argc, char **argv)
 		{ "ready-timeout", required_argument, NULL, 'R' },
 		{ "g7", no_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ 0 }
 	};
 	struct ctl x = { .port_fd = -1, .ready_timeout_ms = 60000 };
@@ -2059,6 +2061,10 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			fputs(usage_main, stdout);
+			return 0;
+		case 'V':
+			printf("agentctl %s (protocol generations %d and %d)\n",
+			       AGENTD_VERSION, PROTO_GEN_SEED, PROTO_GEN_CURRENT);
 			return 0;
 		default:
 			usage_error(usage_main, "bad option");

@@ -653,12 +653,23 @@ static const char usage_text[] =
 	"  --init         do the PID 1 duties even when not PID 1\n"
 	"  --runtime-dir  runtime directory (default /.msb)\n"
 	"  --heartbeat-interval  seconds between heartbeats (default 5)\n"
+	"  --version      print the version and the protocol generation\n"
 	"Without --port/--port-fd the virtio port named \"agent\" is used.\n";
 
 /* No stdio in the agent: the usage goes out with one write. */
 static void usage(int fd)
 {
 	if (write(fd, usage_text, sizeof(usage_text) - 1) < 0)
+		return;
+}
+
+static void print_version(void)
+{
+	char buf[64];
+	int n = fmt(buf, sizeof(buf), "agentd %s (protocol generation %u)\n",
+		    AGENTD_VERSION, (unsigned)PROTO_GEN_SEED);
+
+	if (n > 0 && write(STDOUT_FILENO, buf, (size_t)n) < 0)
 		return;
 }
 
@@ -691,6 +702,9 @@ static int parse_options(int argc, char **argv, struct agent *a,
 
 		if (!strcmp(arg, "--help")) {
 			usage(STDOUT_FILENO);
+			return 1;
+		} else if (!strcmp(arg, "--version")) {
+			print_version();
 			return 1;
 		} else if (!strcmp(arg, "--init")) {
 			o->init = true;

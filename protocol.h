@@ -19,6 +19,7 @@
 
 #define PROTO_GEN_SEED     1
 #define PROTO_GEN_CURRENT  7
+#define AGENTD_VERSION     "0.1.0"  /* agentd and agentctl: --version, make dist */
 #define FRAME_LEN_MAX      4194304u  /* largest value of the len field */
 #define FRAME_PREFIX       4u        /* the len field itself */
 #define FRAME_HEADER       9u        /* len + id + flags */

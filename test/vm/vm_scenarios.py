@@ -83,6 +83,7 @@ def main_vm(initrd, tmp_path_factory):
     finally:
         print("\n--- main VM console (tail) ---\n" + vm.console()[-3000:])
         vm.kill()
+        shutil.rmtree(vm.workdir, ignore_errors=True)
 
 
 def test_ready_timings(main_vm, figures):

@@ -9,9 +9,10 @@ API
 
     find_kernel() -> str | None        newest /boot/vmlinuz-*, or $VM_KERNEL
     have_qemu() -> bool                qemu-system-x86_64 on PATH
-    build_initrd(out, init=None, add=(), modules=None) -> out
+    build_initrd(out, init=None, add=(), modules=None, guest=None) -> out
                                        runs test/vm/mkinitramfs (agentd as
-                                       /init by default; add = ["SRC=DEST"])
+                                       /init by default; add = ["SRC=DEST"];
+                                       guest: guestarch.Guest for aarch64)
 
     VM(initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
        mounts=None, mem=256, net=False, accel="auto", smp=1,
@@ -28,8 +29,16 @@ API
         net          True: -netdev user + virtio-net-device (guest 10.0.2.15,
                      gateway 10.0.2.2, dns 10.0.2.3); MAC is VM.MAC
         disks        raw image paths: virtio-blk-device each (/dev/vda, vdb, ...)
-        accel        "auto" ($VM_ACCEL, default tcg: /dev/kvm exists on the CI
-                     machines but nested KVM fails), "kvm", "tcg"
+        accel        "auto": $VM_ACCEL, else KVM when it really runs a guest
+                     here, else TCG (test/vm/accel.py, shared with ./microvm);
+                     "kvm", "tcg"; start() resolves it (.accel_why says why)
+        arch         "x86_64" or "aarch64" (qemu-system-aarch64 -M virt -cpu
+                     cortex-a57, always TCG on an x86-64 host)
+        pci          True: the PCI transport (virtio-*-pci; machine q35 on
+                     x86-64), else virtio-mmio (virtio-*-device)
+        machine      QEMU machine (default microvm, q35 with pci, virt on arm)
+        keep         True: QEMU may outlive this process (./microvm --keep);
+                     otherwise it is SIGKILLed when this process dies
 
       .start()            listen on the agent socket, start virtiofsd(s), then
                           QEMU (-M microvm, console on the serial port captured
@@ -45,7 +54,10 @@ API
 Facts baked in (see issue 5): tsc_early_khz=<host MHz*1000> so the guest's
 timer calibrates under TCG; virtiofs needs a shared memfd memory backend and
 non-legacy virtio-mmio; the host listens on the agent socket before QEMU
-starts so the port is connected when the guest opens it.
+starts so the port is connected when the guest opens it.  aarch64 (issue
+12): -cpu cortex-a57 (-cpu max is 5-10x slower under TCG), -nic none (a
+default NIC shifts the virtio-mmio slots); Debian's arm64 kernel has
+VIRTIO_MMIO, VIRTIO_PCI and VIRTIO_CONSOLE as modules, which agentd loads.
 """
 import glob
 import os
@@ -62,8 +74,10 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 
 from agentd_client.lowlevel import Agent  # noqa: E402
+import accel as accelmod  # noqa: E402
 
 QEMU = os.environ.get("QEMU", "qemu-system-x86_64")
+QEMU_AARCH64 = os.environ.get("QEMU_AARCH64", "qemu-system-aarch64")
 VIRTIOFSD = os.environ.get("VIRTIOFSD", "/usr/lib/qemu/virtiofsd")
 
 
@@ -84,8 +98,11 @@ def have_virtiofsd():
     return os.access(VIRTIOFSD, os.X_OK)
 
 
-def build_initrd(out, init=None, add=(), modules=None):
+def build_initrd(out, init=None, add=(), modules=None, guest=None):
     cmd = [sys.executable, os.path.join(HERE, "mkinitramfs")]
+    if guest:
+        cmd += ["--kernel-version", guest.kver, "--modules-dir", guest.modules_dir,
+                "--busybox", guest.busybox]
     if init:
         cmd += ["--init", init]
     if modules is not None:
@@ -117,8 +134,12 @@ class VM:
 
     def __init__(self, initrd, kernel=None, cmdline="", env=None, runtime_dir=None,
                  mounts=None, mem=256, net=False, accel="auto", smp=1,
-                 workdir=None, qemu_args=(), disks=()):
+                 workdir=None, qemu_args=(), disks=(), keep=False, arch="x86_64",
+                 pci=False, machine=None):
         self.initrd = initrd
+        self.arch = arch
+        self.pci = pci
+        self.machine = machine
         self.kernel = kernel or find_kernel()
         self.cmdline = cmdline
         self.env = dict(env or {})
@@ -127,6 +148,10 @@ class VM:
         self.mem = mem
         self.net = net
         self.accel = accel
+        self.accel_why = ""
+        self.accel_console = ""
+        self.keep = keep
+        self.own_session = False
         self.smp = smp
         self.qemu_args = list(qemu_args)
         self.disks = list(disks)
@@ -156,7 +181,8 @@ class VM:
         log = open(os.path.join(self.workdir, "virtiofsd-%s.log" % tag), "wb")
         p = subprocess.Popen([VIRTIOFSD, "--socket-path=" + sock, "-o", "source=" + src,
                               "-o", "cache=none"], stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=log)
+                             stdout=log, stderr=log,
+                             preexec_fn=None if self.keep else accelmod.die_with_parent)
         log.close()
         self.daemons.append(p)
         deadline = time.monotonic() + 10
@@ -168,16 +194,12 @@ class VM:
 
     def qemu_command(self, shares):
         accel = self.accel
-        if accel == "auto":
-            # /dev/kvm can open fine and still fail at the first vCPU MSR
-            # write (nested virtualisation on the CI machines), so KVM is
-            # only used when asked for: accel="kvm" or VM_ACCEL=kvm.
-            accel = os.environ.get("VM_ACCEL", "tcg")
-        words = ["console=ttyS0", "reboot=t", "panic=-1"]
+        arm = self.arch == "aarch64"
+        words = ["console=ttyAMA0" if arm else "console=ttyS0", "reboot=t", "panic=-1"]
         if not os.environ.get("VM_VERBOSE"):
             words.append("quiet")
         khz = tsc_khz()
-        if khz and accel == "tcg":
+        if khz and accel == "tcg" and not arm:
             # tsc_early_khz: the guest cannot calibrate its TSC under TCG.
             # tsc=reliable: no clocksource watchdog; on a loaded host it
             # marks the TSC unstable, and microvm has no other timer, so
@@ -188,35 +210,45 @@ class VM:
         if self.cmdline:
             words.append(self.cmdline)
         words += [_kernel_arg(k, v) for k, v in self.env.items()]
-        machine = "microvm"
-        cmd = [QEMU, "-accel", accel, "-m", "%dM" % self.mem, "-smp", str(self.smp),
+        machine = self.machine or ("virt" if arm else "q35" if self.pci else "microvm")
+        # virtio-mmio devices are "-device", the PCI ones "-pci".
+        bus = "pci" if self.pci else "device"
+        cmd = [QEMU_AARCH64 if arm else QEMU, "-accel", accel, "-m", "%dM" % self.mem, "-smp", str(self.smp),
                "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                "-serial", "stdio", "-kernel", self.kernel, "-initrd", self.initrd,
                "-append", " ".join(words)]
         if accel == "kvm":
             cmd += ["-cpu", "host"]
+        elif arm:
+            # -cpu max is 5-10x slower under TCG (pointer authentication).
+            cmd += ["-cpu", "cortex-a57"]
+        if arm:
+            # A default NIC would shift the virtio-mmio slots.
+            cmd += ["-nic", "none"]
         if shares:
             machine += ",memory-backend=mem"
-            cmd += ["-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % self.mem,
-                    "-global", "virtio-mmio.force-legacy=false"]
+            cmd += ["-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % self.mem]
+            if not self.pci:
+                cmd += ["-global", "virtio-mmio.force-legacy=false"]
             for i, (tag, sock) in enumerate(shares):
                 cmd += ["-chardev", "socket,id=vfs%d,path=%s" % (i, sock),
-                        "-device", "vhost-user-fs-device,chardev=vfs%d,tag=%s" % (i, tag)]
+                        "-device", "vhost-user-fs-%s,chardev=vfs%d,tag=%s" % (bus, i, tag)]
         cmd[1:1] = ["-M", machine]
-        cmd += ["-device", "virtio-serial-device",
+        cmd += ["-device", "virtio-serial-" + bus,
                 "-chardev", "socket,id=agent,path=%s" % self.sock_path,
                 "-device", "virtserialport,chardev=agent,name=agent"]
         for i, disk in enumerate(self.disks):
             cmd += ["-drive", "file=%s,if=none,format=raw,id=d%d" % (disk, i),
-                    "-device", "virtio-blk-device,drive=d%d" % i]
+                    "-device", "virtio-blk-%s,drive=d%d" % (bus, i)]
         if self.net:
             cmd += ["-netdev", "user,id=n0", "-device",
-                    "virtio-net-device,netdev=n0,mac=%s" % self.MAC]
+                    "virtio-net-%s,netdev=n0,mac=%s" % (bus, self.MAC)]
         return cmd + self.qemu_args
 
     def start(self):
         if not self.kernel:
             raise RuntimeError("no kernel image found (set VM_KERNEL)")
+        self.resolve_accel()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.sock_path)
         self.listener.listen(1)
@@ -231,12 +263,34 @@ class VM:
             con = open(self.console_path, "wb")
             self.t_start = time.monotonic()
             self.qemu = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=con,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         start_new_session=self.own_session,
+                                         preexec_fn=None if self.keep
+                                         else accelmod.die_with_parent)
             con.close()
         except BaseException:
             self.kill()
             raise
         return self
+
+    def resolve_accel(self):
+        """auto/kvm/tcg -> kvm or tcg (accel.choose; raises accel.KVMBroken
+        when kvm was asked for and does not run a guest)."""
+        if self.arch != os.uname().machine:
+            if self.accel == "kvm":
+                raise accelmod.KVMBroken("KVM cannot run an %s guest on this %s host"
+                                         % (self.arch, os.uname().machine))
+            self.accel, self.accel_why = "tcg", "the guest is %s, the host %s" % (
+                self.arch, os.uname().machine)
+        elif self.arch != "x86_64":
+            # The KVM probe boots x86-64's microvm machine; on another host
+            # KVM is used only when asked for.
+            if self.accel == "auto":
+                self.accel = os.environ.get("VM_ACCEL") or "tcg"
+                self.accel_why = "no KVM probe on %s hosts" % self.arch
+        elif self.accel in ("auto", "kvm"):
+            v = accelmod.choose(self.kernel, shutil.which(QEMU) or QEMU, self.accel)
+            self.accel, self.accel_why, self.accel_console = v
 
     def connect(self, timeout=60):
         """Accept QEMU's connection and wait for core.ready."""
@@ -248,10 +302,11 @@ class VM:
                 break
             except socket.timeout:
                 if self.qemu.poll() is not None:
-                    raise RuntimeError("QEMU exited (%s) before connecting:\n%s"
-                                       % (self.qemu.returncode, self.console()))
+                    raise RuntimeError("QEMU exited (%s) before connecting; %s"
+                                       % (self.qemu.returncode, self.diagnosis()))
                 if time.monotonic() > deadline:
-                    raise TimeoutError("QEMU did not connect to the agent socket")
+                    raise TimeoutError("QEMU did not connect to the agent socket; %s"
+                                       % self.diagnosis())
         conn.settimeout(None)
         a = Agent(conn)
         while True:
@@ -261,14 +316,14 @@ class VM:
             except EOFError:
                 self.wait_exit(5)
                 raise RuntimeError("QEMU closed the agent socket before core.ready "
-                                   "(%s):\n%s" % (self.qemu.poll(), self.console()))
+                                   "(%s); %s" % (self.qemu.poll(), self.diagnosis()))
             except TimeoutError:
                 if self.qemu.poll() is not None:
-                    raise RuntimeError("VM stopped before core.ready (%s):\n%s"
-                                       % (self.qemu.returncode, self.console()))
+                    raise RuntimeError("VM stopped before core.ready (%s); %s"
+                                       % (self.qemu.returncode, self.diagnosis()))
                 if time.monotonic() > deadline:
-                    raise TimeoutError("no core.ready within %ss:\n%s"
-                                       % (timeout, self.console()))
+                    raise TimeoutError("no core.ready within %ss; %s"
+                                       % (timeout, self.diagnosis()))
         assert a.ready.t == "core.ready", a.ready
         self.ready_wall_s = time.monotonic() - self.t_start
         self.ready = a.ready
@@ -287,6 +342,17 @@ class VM:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+    def diagnosis(self, lines=25):
+        """Which accelerator ran and why, and the console's last lines: never
+        an empty console alone."""
+        s = "accel %s (%s)" % (self.accel, self.accel_why or "asked for")
+        if self.accel_console:
+            s += "; the KVM probe's console said:\n" + self.accel_console
+        con = accelmod.last_lines(self.console().encode(), lines)
+        state = "running" if self.qemu and self.qemu.poll() is None else (
+            "exited with status %s" % (self.qemu.returncode if self.qemu else "?"))
+        return "%s\nQEMU %s; the guest console's last lines:\n%s" % (s, state, con)
 
     def kill(self):
         if self.agent is not None:
