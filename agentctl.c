@@ -61,16 +61,76 @@ static const char *prog = "agentctl";
 /* ------------------------------------------------------------------ */
 /* Errors and small helpers                                            */
 
+/*
+ * Replace what a terminal would act on with '?', in place, as GNU ls does
+ * on a terminal: C0 controls, DEL, C1 controls (U+0080-U+009F) and bytes
+ * that are not valid UTF-8 (a terminal in an 8-bit mode reads a lone 0x9b
+ * as CSI).  Guest names and error texts go through this before they reach
+ * a human; --json output escapes them its own way.
+ */
+static size_t utf8_len(const unsigned char *s)
+{
+	unsigned char c = s[0];
+	size_t n = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+
+	if (n == 0 || c > 0xf4)
+		return 0;
+	for (size_t i = 1; i < n; i++)
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+	if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0) ||
+	    (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90))
+		return 0;  /* overlong, surrogate or beyond U+10FFFF */
+	if (c == 0xc2 && s[1] < 0xa0)
+		return 0;  /* a C1 control */
+	return n;
+}
+
+static void sanitize(char *s)
+{
+	unsigned char *r = (unsigned char *)s, *w = r;
+
+	while (*r) {
+		size_t n = *r < 0x80 ? 1 : utf8_len(r);
+
+		if (n == 0 || *r < 0x20 || *r == 0x7f) {
+			*w++ = '?';
+			/* a C1 control is two bytes, each shown once as one '?' */
+			r += (r[0] == 0xc2 && r[1] >= 0x80 && r[1] < 0xa0) ? 2 : 1;
+			continue;
+		}
+		memmove(w, r, n);
+		w += n;
+		r += n;
+	}
+	*w = 0;
+}
+
+/* A sanitized copy of s in buf (truncated to fit). */
+static const char *safe(const char *s, char *buf, size_t n)
+{
+	snprintf(buf, n, "%s", s);
+	sanitize(buf);
+	return buf;
+}
+
+static void vreport(const char *fmt, va_list ap)
+{
+	char buf[2048];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	sanitize(buf);
+	fprintf(stderr, "%s: %s\n", prog, buf);
+}
+
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void fail(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vreport(fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 	exit(EXIT_TOOL);
 }
 
@@ -79,11 +139,9 @@ static void warn(const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vreport(fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 }
 
 static void *xmalloc(size_t n)
@@ -680,7 +738,7 @@ static bool guest_is_dir(struct conn *c, const char *path)
 
 struct progress {
 	bool on;
-	const char *name;
+	char name[64];          /* sanitized: it may come from the guest */
 	uint64_t total, done;
 	uint64_t t0, last;
 };
@@ -689,7 +747,7 @@ static void progress_start(struct progress *pg, bool quiet, const char *name, ui
 {
 	memset(pg, 0, sizeof(*pg));
 	pg->on = !quiet && total >= PROGRESS_MIN && isatty(STDERR_FILENO);
-	pg->name = name;
+	safe(name, pg->name, sizeof(pg->name));
 	pg->total = total;
 	pg->t0 = pg->last = now_ms();
 }
@@ -944,11 +1002,10 @@ static void usage_error(const char *usage, const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vreport(fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\n%.*s", (int)strcspn(usage, "\n") + 1, usage);
+	fprintf(stderr, "%.*s", (int)strcspn(usage, "\n") + 1, usage);
 	exit(EXIT_TOOL);
 }
 
@@ -1375,11 +1432,9 @@ static void cp_error(struct cp *cp, const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vreport(fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 	cp->errors++;
 }
 
@@ -1733,7 +1788,7 @@ static void mode_string(uint32_t mode, const char *kind, char out[11])
 
 static void human_entry(const struct entry *e, const char *name)
 {
-	char ms[11], when[32] = "-";
+	char ms[11], when[32] = "-", *shown = xstrndup(name, strlen(name));
 
 	mode_string(e->mode, e->kind, ms);
 	if (e->has_modified) {
@@ -1743,7 +1798,9 @@ static void human_entry(const struct entry *e, const char *name)
 		if (localtime_r(&t, &tm))
 			strftime(when, sizeof(when), "%Y-%m-%d %H:%M", &tm);
 	}
-	printf("%s %12llu %-16s %s\n", ms, (unsigned long long)e->size, when, name);
+	sanitize(shown);
+	printf("%s %12llu %-16s %s\n", ms, (unsigned long long)e->size, when, shown);
+	free(shown);
 }
 
 static int entry_cmp(const void *a, const void *b)
@@ -1832,7 +1889,7 @@ static int cmd_stat(struct ctl *x, int argc, char **argv)
 			if (n == 1)
 				putchar('\n');
 		} else {
-			human_entry(&r.stat, r.stat.path);
+			human_entry(&r.stat, argv[i]);  /* the path asked for */
 		}
 		first = false;
 		fs_result_free(&r);
