@@ -1422,7 +1422,8 @@ static const char *guest_path(const char *arg)
 
 struct cp {
 	struct conn *c;
-	bool recursive, quiet;
+	bool recursive, quiet, preserve;
+	mode_t umask;
 	int errors;
 	size_t held;  /* bytes of the listings of the directories being walked */
 };
@@ -1534,50 +1535,160 @@ static void cp_upload(struct cp *cp, const char *src, const char *gdst)
 	free(target);
 }
 
-/* Write a guest file to a host path through a temporary file in the same
- * directory, renamed at the end, so an aborted copy leaves nothing. */
-static void cp_get_file(struct cp *cp, const char *src, const char *dst,
-			uint32_t mode, uint64_t size)
+/*
+ * The temporary file of the download in progress.  It holds bytes the
+ * guest chose, so it is removed on every way out: the error paths, exit()
+ * from fail() (atexit) and SIGINT, SIGTERM and SIGHUP (their handler).
+ * Fatal signals are blocked while it is created or renamed so that the
+ * handler never sees half of that.
+ */
+static struct {
+	volatile sig_atomic_t active;
+	int dirfd;
+	char name[NAME_MAX + 1];
+} tmp_file;
+
+static void tmp_remove(void)
 {
-	char err[512], *tmp = NULL;
+	if (tmp_file.active) {
+		unlinkat(tmp_file.dirfd, tmp_file.name, 0);
+		tmp_file.active = 0;
+	}
+}
+
+static void tmp_on_signal(int sig)
+{
+	tmp_remove();
+	signal(sig, SIG_DFL);
+	raise(sig);  /* delivered on return: end as the signal says */
+}
+
+static void fatal_signals(int how)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(how, &set, NULL);
+}
+
+static void tmp_guard_install(void)
+{
+	struct sigaction sa = { .sa_handler = tmp_on_signal };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	atexit(tmp_remove);
+}
+
+/* Create ".NAME.agentctl-XXXXXX" in dirfd, never through a symlink. */
+static int tmp_create(int dirfd, const char *name)
+{
+	int fd = -1;
+
+	for (unsigned i = 0; i < 100 && fd < 0; i++) {
+		unsigned r = (unsigned)(now_ms() * 2654435761u) ^ ((unsigned)getpid() << 8) ^ i * 40503u;
+
+		fatal_signals(SIG_BLOCK);
+		snprintf(tmp_file.name, sizeof(tmp_file.name), ".%.200s.agentctl-%06x",
+			 name, r & 0xffffff);
+		fd = openat(dirfd, tmp_file.name,
+			    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			tmp_file.dirfd = dirfd;
+			tmp_file.active = 1;
+		}
+		fatal_signals(SIG_UNBLOCK);
+		if (fd < 0 && errno != EEXIST)
+			return -1;
+	}
+	return fd;
+}
+
+static void tmp_discard(void)
+{
+	fatal_signals(SIG_BLOCK);
+	tmp_remove();
+	fatal_signals(SIG_UNBLOCK);
+}
+
+static int tmp_commit(const char *name)
+{
+	int r;
+
+	fatal_signals(SIG_BLOCK);
+	r = renameat(tmp_file.dirfd, tmp_file.name, tmp_file.dirfd, name);
+	if (r == 0)
+		tmp_file.active = 0;
+	fatal_signals(SIG_UNBLOCK);
+	return r;
+}
+
+/* The mode a downloaded file or new directory gets: the guest's bits
+ * without setuid and setgid, less the umask, unless -p was given. */
+static mode_t local_mode(const struct cp *cp, uint32_t guest, bool dir)
+{
+	if (cp->preserve)
+		return guest & 07777;
+	return guest & (dir ? 01777u : 0777u) & ~cp->umask;
+}
+
+/*
+ * Write a guest file to name in dirfd through a temporary file in the
+ * same directory, renamed at the end, so an aborted copy leaves nothing
+ * and a reader of the old file keeps it whole.  dst is the path shown in
+ * messages.  Only a destination the user named (top) that is a device or
+ * a FIFO is written in place; an existing directory is refused.
+ */
+static void cp_get_file(struct cp *cp, const char *src, int dirfd, const char *name,
+			const char *dst, uint32_t mode, uint64_t size, bool top)
+{
+	char err[512];
 	struct progress pg;
 	struct stat st;
+	bool in_place = false;
 	int fd;
 
 	progress_start(&pg, cp->quiet, base_name(src), size);
-	if (!strcmp(dst, "-")) {
-		if (get_stream(cp->c, src, STDOUT_FILENO, "stdout", &pg, err, sizeof(err)) < 0)
-			cp_error(cp, "%s: %s", src, err);
-		return;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		if (S_ISDIR(st.st_mode)) {
+			cp_error(cp, "%s: cannot overwrite directory with non-directory", dst);
+			return;
+		}
+		if (!S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+			if (!top) {
+				cp_error(cp, "%s: not replacing a special file", dst);
+				return;
+			}
+			in_place = true;
+		} else if (S_ISLNK(st.st_mode) && !top) {
+			cp_error(cp, "%s: not replacing a symbolic link", dst);
+			return;
+		}
 	}
-	if (stat(dst, &st) == 0 && !S_ISREG(st.st_mode)) {
-		/* A device or FIFO: write in place. */
-		fd = open(dst, O_WRONLY | O_TRUNC | O_CLOEXEC);
-	} else {
-		char *dir = xstrndup(dst, (size_t)(base_name(dst) - dst));
-
-		tmp = xmalloc(strlen(dst) + 32);
-		sprintf(tmp, "%s.%s.agentctl-XXXXXX", dir, base_name(dst));
-		free(dir);
-		fd = mkstemp(tmp);
-	}
+	if (in_place)
+		fd = openat(dirfd, name, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC);
+	else
+		fd = tmp_create(dirfd, name);
 	if (fd < 0) {
-		cp_error(cp, "open %s: %s", tmp ? tmp : dst, strerror(errno));
-		free(tmp);
+		cp_error(cp, "open %s: %s", dst, strerror(errno));
 		return;
 	}
 	if (get_stream(cp->c, src, fd, dst, &pg, err, sizeof(err)) < 0) {
 		cp_error(cp, "%s: %s", src, err);
-		if (tmp)
-			unlink(tmp);
-	} else if (tmp && (fchmod(fd, mode & 07777) < 0 || rename(tmp, dst) < 0)) {
+		tmp_discard();
+	} else if (!in_place && (fchmod(fd, local_mode(cp, mode, false)) < 0 ||
+				 tmp_commit(name) < 0)) {
 		cp_error(cp, "%s: %s", dst, strerror(errno));
-		unlink(tmp);
+		tmp_discard();
 	} else {
 		progress_draw(&pg, true);
 	}
 	close(fd);
-	free(tmp);
 }
 
 /* The entry name of a listed path, or NULL when a (hostile) agent
@@ -1601,25 +1712,50 @@ static const char *listed_name(const char *dir, const char *path)
 	return name;
 }
 
-static void cp_get_tree(struct cp *cp, const char *src, const char *dst,
-			uint32_t mode, int depth)
+/*
+ * Open the directory name in pfd for a recursive download, creating it
+ * if missing; *created says whether agentctl made it.  An existing
+ * directory is merged into, as cp -r does; anything else there (a file,
+ * a symlink, even one to a directory) is refused and never followed.
+ */
+static int cp_open_dir(struct cp *cp, int pfd, const char *name, const char *dst,
+		       bool *created)
+{
+	int fd;
+
+	*created = mkdirat(pfd, name, 0700) == 0;
+	if (!*created && errno != EEXIST) {
+		cp_error(cp, "mkdir %s: %s", dst, strerror(errno));
+		return -1;
+	}
+	fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && (errno == ENOTDIR || errno == ELOOP))
+		cp_error(cp, "%s: cannot overwrite non-directory with directory", dst);
+	else if (fd < 0)
+		cp_error(cp, "open %s: %s", dst, strerror(errno));
+	return fd;
+}
+
+static void cp_get_tree(struct cp *cp, const char *src, int pfd, const char *name,
+			const char *dst, uint32_t mode, int depth)
 {
 	struct fs_request ls = { .op = FS_LIST, .path = src };
 	struct fs_result r;
+	size_t bytes = 0;
+	bool created;
+	int fd;
 
 	if (depth > WALK_DEPTH) {
 		cp_error(cp, "%s: directories nested too deep", src);
 		return;
 	}
-	if (mkdir(dst, 0700) < 0 && errno != EEXIST) {
-		cp_error(cp, "mkdir %s: %s", dst, strerror(errno));
+	fd = cp_open_dir(cp, pfd, name, dst, &created);
+	if (fd < 0)
 		return;
-	}
-	size_t bytes = 0;
-
 	fs_call(cp->c, &ls, &r);
 	if (!r.ok) {
 		cp_error(cp, "%s: %s", src, r.error);
+		close(fd);
 		return;
 	}
 	/* Each level keeps its listing while it descends: cap the sum so a
@@ -1629,40 +1765,46 @@ static void cp_get_tree(struct cp *cp, const char *src, const char *dst,
 	if (cp->held + bytes > WALK_HELD_MAX) {
 		cp_error(cp, "%s: directory listings too large to walk", src);
 		fs_result_free(&r);
+		close(fd);
 		return;
 	}
 	cp->held += bytes;
 	for (size_t i = 0; i < r.nlist; i++) {
 		const struct entry *e = &r.list[i];
-		const char *name = listed_name(src, e->path);
+		const char *n = listed_name(src, e->path);
 		char *t;
 
-		if (!name) {
+		if (!n) {
 			cp_error(cp, "%s: the agent listed a bad entry \"%s\"", src, e->path);
 			continue;
 		}
-		t = path_join(dst, name);
+		t = path_join(dst, n);
 		if (!strcmp(e->kind, "dir"))
-			cp_get_tree(cp, e->path, t, e->mode, depth + 1);
+			cp_get_tree(cp, e->path, fd, n, t, e->mode, depth + 1);
 		else if (!strcmp(e->kind, "file"))
-			cp_get_file(cp, e->path, t, e->mode, e->size);
+			cp_get_file(cp, e->path, fd, n, t, e->mode, e->size, false);
 		else
 			warn("skipping %s: a %s", e->path, e->kind);
 		free(t);
 	}
 	cp->held -= bytes;
 	fs_result_free(&r);
-	chmod(dst, mode & 07777);
+	/* Only a directory agentctl made gets the guest's mode. */
+	if (created && fchmod(fd, local_mode(cp, mode, true)) < 0)
+		cp_error(cp, "chmod %s: %s", dst, strerror(errno));
+	close(fd);
 }
 
-/* Download: guest src -> host dst. */
+/* Download: guest src -> host dst.  The host path the user gave is
+ * resolved as usual; below it nothing the guest names is followed. */
 static void cp_download(struct cp *cp, const char *gsrc, const char *dst)
 {
 	struct entry e;
 	struct stat st;
-	char *name, *target;
+	char *name, *parent, *target;
 	size_t n = strlen(dst);
 	bool into;
+	int pfd;
 
 	if (!guest_stat(cp->c, gsrc, &e)) {
 		struct fs_request req = { .op = FS_STAT, .path = gsrc };
@@ -1673,23 +1815,40 @@ static void cp_download(struct cp *cp, const char *gsrc, const char *dst)
 		return;
 	}
 	if (!strcmp(dst, "-")) {
+		char err[512];
+		struct progress pg;
+
 		if (!strcmp(e.kind, "dir"))
 			fail("%s: is a directory (cannot copy it to stdout)", gsrc);
-		cp_get_file(cp, gsrc, dst, e.mode, e.size);
+		progress_start(&pg, cp->quiet, base_name(gsrc), e.size);
+		if (get_stream(cp->c, gsrc, STDOUT_FILENO, "stdout", &pg, err, sizeof(err)) < 0)
+			cp_error(cp, "%s: %s", gsrc, err);
 		free(e.path);
 		return;
 	}
+	if (!strcmp(e.kind, "dir") && !cp->recursive)
+		fail("%s: is a directory (use -r)", gsrc);
 	into = (n && dst[n - 1] == '/') || (stat(dst, &st) == 0 && S_ISDIR(st.st_mode));
-	name = last_component(gsrc);
-	target = into ? path_join(dst, name) : strdup(dst);
-	if (!strcmp(e.kind, "dir")) {
-		if (!cp->recursive)
-			fail("%s: is a directory (use -r)", gsrc);
-		cp_get_tree(cp, gsrc, target, e.mode, 0);
+	if (into) {
+		name = last_component(gsrc);
+		parent = strdup(dst);
 	} else {
-		cp_get_file(cp, gsrc, target, e.mode, e.size);
+		name = last_component(dst);
+		parent = xstrndup(dst, (size_t)(base_name(dst) - dst));
 	}
+	if (!strcmp(name, "/") || !strcmp(name, ".") || !strcmp(name, ".."))
+		fail("%s: name a new destination to copy %s to", dst, gsrc);
+	target = into ? path_join(dst, name) : strdup(dst);
+	pfd = open(*parent ? parent : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (pfd < 0)
+		fail("open %s: %s", *parent ? parent : ".", strerror(errno));
+	if (!strcmp(e.kind, "dir"))
+		cp_get_tree(cp, gsrc, pfd, name, target, e.mode, 0);
+	else
+		cp_get_file(cp, gsrc, pfd, name, target, e.mode, e.size, true);
+	close(pfd);
 	free(name);
+	free(parent);
 	free(target);
 	free(e.path);
 }
@@ -1699,6 +1858,7 @@ static int cmd_cp(struct ctl *x, int argc, char **argv)
 	static const struct option lo[] = {
 		{ "recursive", no_argument, NULL, 'r' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "preserve", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -1706,12 +1866,17 @@ static int cmd_cp(struct ctl *x, int argc, char **argv)
 	const char *gs, *gd;
 	int c;
 
-	while ((c = sub_getopt(argc, argv, "+rqh", lo, usage_cp)) != -1) {
-		if (c == 'r')
+	while ((c = sub_getopt(argc, argv, "+rRqph", lo, usage_cp)) != -1) {
+		if (c == 'r' || c == 'R')
 			cp.recursive = true;
 		else if (c == 'q')
 			cp.quiet = true;
+		else if (c == 'p')
+			cp.preserve = true;
 	}
+	cp.umask = umask(0);
+	umask(cp.umask);
+	tmp_guard_install();
 	if (argc - optind != 2)
 		usage_error(usage_cp, "cp needs SRC and DST");
 	gs = guest_path(argv[optind]);
