@@ -271,6 +271,8 @@ struct conn {
 	uint8_t gen;           /* 1, or 7 with --g7: written as v on every frame */
 	bool have_ready;
 	struct ready ready;    /* agent_version is not kept */
+	int64_t idle_ms;       /* --idle-timeout for file operations; 0 = none */
+	uint64_t active;       /* when a message was last queued or bytes left */
 };
 
 static size_t conn_pending(const struct conn *c)
@@ -302,6 +304,7 @@ static void conn_compact(struct conn *c)
  * chunk, so a failure here means the message itself is too large. */
 static void conn_send(struct conn *c, uint32_t id, const struct msg *m)
 {
+	c->active = now_ms();
 	if (c->out_head && c->out_head >= conn_pending(c))
 		conn_compact(c);
 	c->out.overflow = false;
@@ -330,6 +333,7 @@ static void conn_write(struct conn *c)
 	ssize_t w = write(c->fd, c->out.buf + c->out_head, conn_pending(c));
 
 	if (w > 0) {
+		c->active = now_ms();
 		c->out_head += (size_t)w;
 		if (c->out_head == c->out.len)
 			c->out_head = c->out.len = 0;
@@ -572,9 +576,29 @@ static void conn_boot_g7(struct conn *c, int64_t timeout_ms)
 	}
 }
 
-/* Wait for the next message on id (others are dropped); fatal on EOF. */
+/*
+ * How long a file operation may still wait for the agent: it has been
+ * waiting since `since` or since bytes last went out, whichever is later.
+ * An agent that neither answers nor takes our bytes for --idle-timeout
+ * (frames for other ids do not count) is given up on.
+ */
+static int conn_idle_left(struct conn *c, uint64_t since)
+{
+	uint64_t now = now_ms(), last = c->active > since ? c->active : since;
+
+	if (c->idle_ms <= 0)
+		return -1;
+	if (now - last >= (uint64_t)c->idle_ms)
+		fail("the agent did not answer for %.1f s; giving up (--idle-timeout)",
+		     (double)c->idle_ms / 1000);
+	return (int)(last + (uint64_t)c->idle_ms - now);
+}
+
+/* Wait for the next message on id (others are dropped); fatal on EOF
+ * and after --idle-timeout without one. */
 static void conn_wait_msg(struct conn *c, uint32_t want, struct msg *m)
 {
+	uint64_t since = now_ms();
 	uint32_t id;
 
 	for (;;) {
@@ -585,7 +609,7 @@ static void conn_wait_msg(struct conn *c, uint32_t want, struct msg *m)
 				return;
 		if (c->eof)
 			fail("connection to the agent lost");
-		conn_poll(c, p, 1, -1);
+		conn_poll(c, p, 1, conn_idle_left(c, since));
 	}
 }
 
@@ -800,6 +824,7 @@ static int put_stream(struct conn *c, int fd, const char *gpath, bool has_mode,
 	struct msg m = { .type = MSG_FS_REQUEST, .gen = PROTO_GEN_SEED };
 	uint32_t id = conn_new_id(c), rid;
 	uint8_t *buf = xmalloc(DATA_CHUNK);
+	uint64_t since = now_ms();
 	bool eof = false;
 
 	m.u.fs_request.op = FS_WRITE;
@@ -835,7 +860,9 @@ static int put_stream(struct conn *c, int fd, const char *gpath, bool has_mode,
 			p[1].revents = 0;
 			n = 2;
 		}
-		conn_poll(c, p, n, -1);
+		if (!eof && !conn_pending(c))
+			since = now_ms();  /* waiting for local input, not the agent */
+		conn_poll(c, p, n, conn_idle_left(c, since));
 		if (n == 2 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
 			ssize_t r = read(fd, buf, DATA_CHUNK);
 			struct msg d = { .type = MSG_FS_DATA, .gen = PROTO_GEN_SEED };
@@ -889,13 +916,15 @@ struct ctl {
 	const char *socket_path;
 	int port_fd;
 	int64_t ready_timeout_ms;
+	int64_t idle_timeout_ms;
 	bool json;
 	bool quiet;
 	bool g7;      /* --g7: boot a generation 7 agent on this connection */
 };
 
 static const char usage_main[] =
-"usage: agentctl (-s PATH | --fd N) [--ready-timeout DUR] COMMAND [ARGS]\n"
+"usage: agentctl (-s PATH | --fd N) [--ready-timeout D] [--idle-timeout D]\n"
+"                COMMAND [ARGS]\n"
 "\n"
 "Drive agentd, the guest agent of a microVM, over its agent port.\n"
 "\n"
@@ -903,6 +932,9 @@ static const char usage_main[] =
 "                        or a character device\n"
 "      --fd N            the agent port is the already open fd N\n"
 "      --ready-timeout D wait at most D for the agent (default 60s)\n"
+"      --idle-timeout D  give up (125) on a file operation when the agent\n"
+"                        neither answers nor takes data for D (default 60s,\n"
+"                        0 = wait forever)\n"
 "      --g7              boot a generation 7 agent (microsandbox's own) on this\n"
 "                        connection: bootstrap, init ack, ready; then exec,\n"
 "                        ready and shutdown work as usual\n"
@@ -950,19 +982,30 @@ static const char usage_exec[] =
 "directory); 125 for agentctl's own errors and a lost connection.\n";
 
 static const char usage_cp[] =
-"usage: agentctl cp [-r] [-q] SRC DST\n"
+"usage: agentctl cp [-r] [-p] [-q] SRC DST\n"
 "\n"
 "Copy between host and guest.  A guest path is written :/path or guest:/path;\n"
 "- is stdin (as SRC) or stdout (as DST).  If DST is an existing directory (or\n"
-"ends in /) the file keeps its name inside it.  Permission bits are preserved\n"
-"for files; uploads replace the guest file atomically.  Both sides in the\n"
-"guest copies inside the guest.\n"
+"ends in /) the file keeps its name inside it.  Uploads keep the local\n"
+"permission bits and replace the guest file atomically.  Downloads replace\n"
+"the local file atomically (temporary file + rename; nothing is left behind\n"
+"when the copy fails or is interrupted) with the guest's permission bits\n"
+"less setuid/setgid and less the umask.  Both sides in the guest copies\n"
+"inside the guest.\n"
 "\n"
 "  -r, --recursive  copy directories (symlinks and special files are skipped\n"
-"                   with a warning: the seed protocol cannot create them)\n"
+"                   with a warning: the seed protocol cannot create them).\n"
+"                   Downloading, an existing local directory is merged into\n"
+"                   (its mode is kept); an existing file, symlink or special\n"
+"                   file where the guest has a directory, or a directory,\n"
+"                   symlink or special file where it has a file, is an error\n"
+"                   and left alone.  Local symlinks are never followed.\n"
+"  -p, --preserve   downloads keep the guest's mode bits exactly (setuid and\n"
+"                   setgid included, no umask)\n"
 "  -q, --quiet      no progress bar (shown on a terminal for files >= 8 MiB)\n"
 "\n"
-"Exit status: 0, 1 when an operation failed, 125 on usage or transport errors.\n";
+"Exit status: 0, 1 when an operation failed, 125 on usage or transport errors\n"
+"(and when the agent is silent for --idle-timeout).\n";
 
 static const char usage_ls[] =
 "usage: agentctl ls [--json] [PATH]\n"
@@ -1016,6 +1059,7 @@ static void ctl_connect(struct ctl *x)
 	if (fd < 0)
 		fd = open_port(x->socket_path, x->ready_timeout_ms);
 	conn_init(&x->conn, fd, x->g7 ? PROTO_GEN_CURRENT : PROTO_GEN_SEED);
+	x->conn.idle_ms = x->idle_timeout_ms;
 	if (x->g7)
 		conn_boot_g7(&x->conn, x->ready_timeout_ms);
 	else
@@ -2250,11 +2294,12 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "fd", required_argument, NULL, 'F' },
 		{ "ready-timeout", required_argument, NULL, 'R' },
+		{ "idle-timeout", required_argument, NULL, 'I' },
 		{ "g7", no_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
-	struct ctl x = { .port_fd = -1, .ready_timeout_ms = 60000 };
+	struct ctl x = { .port_fd = -1, .ready_timeout_ms = 60000, .idle_timeout_ms = 60000 };
 	char *end;
 	long fd;
 	int c;
@@ -2275,6 +2320,11 @@ int main(int argc, char **argv)
 			x.ready_timeout_ms = parse_duration(optarg);
 			if (x.ready_timeout_ms <= 0)
 				usage_error(usage_main, "bad --ready-timeout %s", optarg);
+			break;
+		case 'I':
+			x.idle_timeout_ms = parse_duration(optarg);
+			if (x.idle_timeout_ms < 0)
+				usage_error(usage_main, "bad --idle-timeout %s", optarg);
 			break;
 		case 'G':
 			x.g7 = true;
