@@ -18,6 +18,7 @@ import subprocess
 import termios
 import time
 
+import ctypes
 import cbor2
 import pytest
 
@@ -57,11 +58,90 @@ def run(*args, input=None, timeout=60, stdin=None):
 
 
 def stop(agent):
+    """agentd must end by itself, with status 0, once its host hung up: a
+    hang or a crash of agentd fails the test."""
     try:
-        agent.wait(timeout=10)
+        rc = agent.wait(timeout=10)
     except subprocess.TimeoutExpired:
         agent.kill()
         agent.wait()
+        raise AssertionError("agentd did not exit within 10 s of the host hanging up")
+    assert rc == 0, "agentd exited with status %d" % rc
+
+
+def kill_pid(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _children():
+    """pid -> state of this process's children (orphans come here too)."""
+    me, out = os.getpid(), {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            out[int(d)] = fields[0]
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _subreaper():
+    """Orphans of this module's processes (a session's `sleep 300` after
+    agentd was killed) are re-parented to pytest, so they can be found."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left(_subreaper):
+    """Every test ends every process it starts: whatever is left after a
+    test (polled for a few seconds) is killed and fails the test."""
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = {pid: st for pid, st in _children().items() if pid not in before}
+        for pid, st in list(left.items()):
+            if st == "Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                del left[pid]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    leaked, rounds = sorted(left), 0
+    while left and rounds < 50:
+        # Killing an orphan re-parents its own children here: repeat.
+        for pid in left:
+            try:
+                pgid = os.getpgid(pid)
+                if pgid != os.getpgid(0):
+                    os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+            kill_pid(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        left = {pid for pid in _children() if pid not in before}
+        rounds += 1
+    assert not leaked, "processes left by the test: %r" % leaked
 
 
 def sha256_file(path):
@@ -145,10 +225,13 @@ def test_exec_timeout_is_124_and_kills_the_group(tmp_path):
     assert r.returncode == 124, r
     assert b"timed out" in r.stderr
     pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(pid), "background child of the timed-out command survived"
+    try:
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid), "background child of the timed-out command survived"
+    finally:
+        kill_pid(pid)
 
 
 def test_usage_errors_are_125():
@@ -172,18 +255,28 @@ def test_transport_errors_are_125():
     assert r.returncode == 125, r
     assert b"closed the connection" in r.stderr
 
-    # The agent dies while the command runs.
+    # The agent dies while the command runs; its session's sleep is
+    # orphaned and must be ended here.
     host, agent = spawn_agent()
-    p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo up; sleep 300"),
+    p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo $$; exec sleep 300"),
                          pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     host.close()
-    assert p.stdout.readline() == b"up\n"
-    agent.kill()
-    agent.wait()
-    out, err = p.communicate(timeout=30)
-    assert p.returncode == 125, err
-    assert b"connection to the agent lost" in err
+    sleeper = None
+    try:
+        sleeper = int(p.stdout.readline())
+        agent.kill()
+        agent.wait()
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 125, err
+        assert b"connection to the agent lost" in err
+    finally:
+        p.kill()
+        p.wait()
+        agent.kill()
+        agent.wait()
+        if sleeper:
+            kill_pid(sleeper)
 
 
 def test_no_ready_within_timeout_is_125():
@@ -367,16 +460,23 @@ def test_tty_mode_resize_is_forwarded():
 
 def test_tty_mode_terminal_restored_when_agent_dies():
     host, agent = spawn_agent()
-    t = Term(host, ["exec", "-t", "--", "sh", "-c", "echo up; sleep 300"])
+    t = Term(host, ["exec", "-t", "--", "sh", "-c", "echo up:$$:; exec sleep 300"])
+    sleeper = None
     try:
-        t.read_until(b"up")
+        out = t.read_until(b":\r")
+        sleeper = int(out.split(b"up:")[1].split(b":")[0])
         agent.kill()
         agent.wait()
         assert t.proc.wait(timeout=30) == 125
         assert termios.tcgetattr(t.slave) == t.before
     finally:
+        if sleeper:
+            kill_pid(sleeper)
+        t.proc.kill()
         t.close()
         host.close()
+        agent.kill()
+        agent.wait()
 
 
 # ---------------------------------------------------------------------------
