@@ -918,3 +918,366 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     small = tmp_path / "small"
     small.write_bytes(b"x" * 1000)
     assert cp_on_a_terminal(str(small), ":%s/up4" % tmp_path) == b""
+
+
+# ---------------------------------------------------------------------------
+# a hostile guest: a scripted seed agent that speaks for the guest
+
+def entry(path, kind="file", mode=None, size=1):
+    if mode is None:
+        mode = 0o40755 if kind == "dir" else 0o100644
+    return {"path": path, "kind": kind, "size": size, "mode": mode, "modified": None}
+
+
+class SeedFake:
+    """agentctl --fd N against a scripted seed agent: crafted but
+    well-formed frames.  The ready probe is consumed at start."""
+
+    def __init__(self, *args, stderr=subprocess.PIPE, **popen):
+        self.sock, host = socket.socketpair()
+        self.proc = subprocess.Popen(ctl_args(host, *args), pass_fds=(host.fileno(),),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=stderr, **popen)
+        host.close()
+        self.buf = b""
+        self.sock.sendall(READY)
+        probe = self.recv()
+        assert probe[1] == "core.fs.request" and probe[2]["op"] == {"Stat": {"path": "/"}}
+
+    def recv(self):
+        """(id, type, payload) of agentctl's next frame, None at its EOF."""
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack(">I", self.buf[:4])[0]
+                if len(self.buf) >= 4 + n:
+                    msg_id = struct.unpack(">I", self.buf[4:8])[0]
+                    env = cbor2.loads(self.buf[9:4 + n])
+                    self.buf = self.buf[4 + n:]
+                    p = env["p"]
+                    return msg_id, env["t"], cbor2.loads(p) if p else None
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def send(self, msg_id, t, payload, flags=0):
+        self.sock.sendall(frame(msg_id, t, payload, flags))
+
+    def respond(self, msg_id, data=None, error=None):
+        self.send(msg_id, "core.fs.response",
+                  {"ok": error is None, "error": error, "data": data}, flags=1)
+
+    def serve(self, tree, contents=None, until=None):
+        """Answer Stat, List and Read from tree (path -> (entry, listing))
+        and contents (path -> bytes) until agentctl hangs up (or until()
+        says so after a request)."""
+        contents = contents or {}
+        while True:
+            req = self.recv()
+            if req is None:
+                return
+            msg_id, t, p = req
+            if t != "core.fs.request":
+                continue
+            (op, args), = p["op"].items()
+            path = args.get("path")
+            if op == "Stat" and path in tree:
+                self.respond(msg_id, {"Stat": tree[path][0]})
+            elif op == "List" and path in tree:
+                self.respond(msg_id, {"List": tree[path][1]})
+            elif op == "Read" and path in contents:
+                self.send(msg_id, "core.fs.data", {"data": contents[path]})
+                self.respond(msg_id)
+            else:
+                self.respond(msg_id, error="No such file or directory (os error 2)")
+            if until and until(op, path):
+                return
+
+    def finish(self, timeout=60):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self.close()
+        return self.proc.returncode, out, err
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def tree_dir(path, mode, children):
+    """A directory of the fake tree: its Stat entry and its listing."""
+    return entry(path, "dir", mode), children
+
+
+def test_cp_r_never_follows_or_changes_local_paths(tmp_path):
+    """Issue 17.1: the guest lists as directories what is a local file and
+    local symlinks; agentctl refuses them (exit 1) and changes nothing it
+    did not create."""
+    dst = tmp_path / "dst"
+    g = dst / "g"
+    g.mkdir(parents=True)
+    g.chmod(0o700)
+    (g / "notes.txt").write_text("mine")
+    (g / "notes.txt").chmod(0o600)
+    victim = tmp_path / "victim"
+    victim.write_text("victim")
+    victim.chmod(0o600)
+    (tmp_path / "outside").mkdir()
+    os.symlink("../../victim", g / "link")
+    os.symlink("../../outside", g / "sub")
+    os.symlink("../../victim", g / "flink")
+    tree = {
+        "/g": tree_dir("/g", 0o40777, [
+            entry("/g/notes.txt", "dir", 0o46777), entry("/g/link", "dir", 0o40777),
+            entry("/g/sub", "dir", 0o40777), entry("/g/flink", "file", 0o100777),
+            entry("/g/new", "file", 0o106777), entry("/g/newdir", "dir", 0o42777)]),
+        "/g/notes.txt": tree_dir("/g/notes.txt", 0o46777, [entry("/g/notes.txt/x")]),
+        "/g/link": tree_dir("/g/link", 0o40777, []),
+        "/g/sub": tree_dir("/g/sub", 0o40777, [entry("/g/sub/pwned", "file", 0o104777)]),
+        "/g/newdir": tree_dir("/g/newdir", 0o42777, [entry("/g/newdir/f", "file", 0o104755)]),
+    }
+    contents = {p: b"guest" for p in ("/g/notes.txt/x", "/g/sub/pwned", "/g/flink",
+                                       "/g/new", "/g/newdir/f")}
+    with SeedFake("cp", "-r", ":/g", str(dst), umask=0o022) as fake:
+        fake.serve(tree, contents)
+        rc, out, err = fake.finish()
+    assert rc == 1, err
+    assert err.count(b"cannot overwrite non-directory with directory") == 3, err
+    assert b"not replacing a symbolic link" in err
+    assert (g / "notes.txt").read_text() == "mine"
+    assert stat.S_IMODE((g / "notes.txt").lstat().st_mode) == 0o600
+    assert victim.read_text() == "victim" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path / "outside") == []
+    assert os.readlink(g / "link") == "../../victim" and os.readlink(g / "flink") == "../../victim"
+    # An existing directory is merged into; its mode stays.
+    assert stat.S_IMODE(g.stat().st_mode) == 0o700
+    # New files and directories: no setuid/setgid, umask applied.
+    assert (g / "new").read_bytes() == b"guest"
+    assert stat.S_IMODE((g / "new").stat().st_mode) == 0o755
+    assert stat.S_IMODE((g / "newdir").stat().st_mode) == 0o755
+    assert stat.S_IMODE((g / "newdir" / "f").stat().st_mode) == 0o755
+    assert sorted(os.listdir(g)) == ["flink", "link", "new", "newdir", "notes.txt", "sub"]
+
+
+@pytest.mark.parametrize("preserve,umask,want", [(False, 0o077, 0o700), (False, 0o022, 0o755),
+                                                 (True, 0o077, 0o6777)])
+def test_cp_download_mode_loses_setuid_and_gets_umask(tmp_path, preserve, umask, want):
+    """Issue 11 item 11: guest modes are not trusted unless -p."""
+    tree = {"/f": (entry("/f", "file", 0o106777, size=4), None),
+            "/d": tree_dir("/d", 0o46777, [entry("/d/f", "file", 0o106777)])}
+    contents = {"/f": b"data", "/d/f": b"data"}
+    opts = ["-p"] if preserve else []
+    with SeedFake("cp", *opts, ":/f", str(tmp_path / "f"), umask=umask) as fake:
+        fake.serve(tree, contents)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == want
+    with SeedFake("cp", "-r", *opts, ":/d", str(tmp_path / "d"), umask=umask) as fake:
+        fake.serve(tree, contents)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert stat.S_IMODE((tmp_path / "d" / "f").stat().st_mode) == want
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == (want if preserve else want)
+
+
+def no_controls(data, allow=b"\n"):
+    """True when data holds no C0 (other than allow), DEL, C1 or invalid
+    UTF-8: nothing a terminal would act on."""
+    text = data.decode("utf-8", errors="replace")
+    bad = [c for c in text if (ord(c) < 0x20 and c.encode() not in allow) or
+           0x7f <= ord(c) <= 0x9f or c == "\ufffd"]
+    return not bad
+
+
+EVIL_NAMES = ["a\x1b]0;owned\x07b", "c\nforged line", "d\x9b2Jm", "e\x7f\x08", "fine-\u00e9\u20ac"]
+
+
+def test_ls_and_stat_escape_guest_names():
+    """Issue 17.2: names reach the terminal with control characters shown
+    as '?'; --json is unchanged."""
+    listing = [entry("/d/" + n) for n in EVIL_NAMES]
+    tree = {"/d": tree_dir("/d", 0o40755, listing),
+            "/asked": (entry("/\x1b]52;c;ZXZpbA==\x07osc52"), None)}
+    with SeedFake("ls", "/d") as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert no_controls(out), out
+    lines = out.decode().splitlines()
+    assert len(lines) == len(EVIL_NAMES), out
+    assert lines[0].endswith(" a?]0;owned?b") and lines[1].endswith(" c?forged line")
+    assert lines[4].endswith(" fine-\u00e9\u20ac"), "valid UTF-8 must stay as it is"
+    with SeedFake("ls", "--json", "/d") as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert sorted(e["name"] for e in json.loads(out)) == sorted(EVIL_NAMES)
+    with SeedFake("stat", "/asked") as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert rc == 0 and no_controls(out), out
+    assert out.decode().rstrip("\n").endswith(" /asked"), "stat shows the path asked for"
+
+
+def test_errors_and_warnings_escape_guest_text(tmp_path):
+    evil = "No such file\x1b[2J\x1b]52;c;ZXZpbA==\x07\nagentctl: forged"
+    with SeedFake("stat", "/x") as fake:
+        msg_id, t, p = fake.recv()
+        fake.respond(msg_id, error=evil)
+        rc, out, err = fake.finish()
+    assert rc == 1 and no_controls(err), err
+    assert err.count(b"\n") == 1 and b"forged" in err
+    # a warning (skipped symlink) and an error naming guest paths
+    tree = {"/d": tree_dir("/d", 0o40755, [entry("/d/l\x1b[31m", "symlink"),
+                                            entry("/d/../\x1b[1mx", "file")])}
+    with SeedFake("cp", "-r", ":/d", str(tmp_path / "out")) as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert rc == 1 and b"skipping" in err and b"bad entry" in err, err
+    assert no_controls(err), err
+
+
+def test_progress_bar_escapes_guest_name(tmp_path):
+    name = "\x1b]0;title\x07\x1b[2Jbig"
+    tree = {"/d": tree_dir("/d", 0o40755, [entry("/d/" + name, "file", size=16 << 20)])}
+    master, slave = pty.openpty()
+    fake = SeedFake("cp", "-r", ":/d", str(tmp_path / "out"), stderr=slave)
+    os.close(slave)
+    try:
+        fake.serve(tree, {"/d/" + name: b"x" * 1000})
+        rc, out, err = fake.finish()
+        shown = b""
+        while select.select([master], [], [], 0)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        fake.close()
+        os.close(master)
+    assert rc == 0
+    assert b"?]0;title??[2Jbig" in shown, shown
+    assert no_controls(shown, allow=b"\r\n"), shown
+
+
+def wait_for(cond, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.02)
+
+
+def temp_files(d):
+    return [p for p in os.listdir(d) if ".agentctl-" in p]
+
+
+@pytest.mark.parametrize("how", ["drop", "malformed", "SIGINT", "SIGTERM", "SIGHUP", "idle"])
+def test_interrupted_download_leaves_nothing(tmp_path, how):
+    """Issue 17.3: the partial temporary file goes on every way out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--idle-timeout", "1s"] if how == "idle" else []
+    with SeedFake(*args, "cp", ":/f", str(out / "f")) as fake:
+        msg_id, t, p = fake.recv()                  # Stat
+        fake.respond(msg_id, {"Stat": entry("/f", size=10 << 20)})
+        msg_id, t, p = fake.recv()                  # Read
+        assert p["op"] == {"Read": {"path": "/f"}}
+        fake.send(msg_id, "core.fs.data", {"data": b"g" * 65536})
+
+        def partial():
+            tmp = temp_files(out)
+            return tmp and os.path.getsize(out / tmp[0]) == 65536
+        wait_for(partial, "the partial temporary file")
+        if how == "drop":
+            fake.sock.shutdown(socket.SHUT_RDWR)
+        elif how == "malformed":
+            fake.sock.sendall(struct.pack(">IIB", 6, msg_id, 0) + b"\xff")
+        elif how.startswith("SIG"):
+            fake.proc.send_signal(getattr(signal, how))
+        rc, _, err = fake.finish()
+    if how.startswith("SIG"):
+        assert rc == -getattr(signal, how), err
+    else:
+        assert rc == 125, err
+    assert os.listdir(out) == [], err
+
+
+def test_idle_timeout_gives_up_with_125():
+    """Issue 17.4: an agent that answers the probe and then nothing."""
+    with SeedFake("--idle-timeout", "1s", "ls", "/") as fake:
+        assert fake.recv()[1] == "core.fs.request"      # List, never answered
+        rc, out, err = fake.finish()
+    assert rc == 125, err
+    assert b"did not answer for 1.0 s" in err
+
+
+def test_idle_timeout_ignores_frames_for_other_ids():
+    """A trickle of frames for another id is no answer."""
+    with SeedFake("--idle-timeout", "1s", "cat", "/f") as fake:
+        msg_id, t, p = fake.recv()
+        assert p["op"] == {"Read": {"path": "/f"}}
+        try:
+            while fake.proc.poll() is None:
+                fake.send(msg_id + 1000, "core.fs.data", {"data": b"x"})
+                time.sleep(0.1)
+        except OSError:
+            pass
+        rc, out, err = fake.finish()
+    assert rc == 125 and out == b"", err
+    assert b"did not answer" in err
+
+
+def test_idle_timeout_on_an_upload_the_agent_never_takes(tmp_path):
+    src = tmp_path / "big"
+    src.write_bytes(b"u" * (16 << 20))
+    with SeedFake("--idle-timeout", "1s", "cp", "-q", str(src), ":/dst") as fake:
+        msg_id, t, p = fake.recv()                  # Stat /dst: a directory
+        assert p["op"] == {"Stat": {"path": "/dst"}}
+        fake.respond(msg_id, {"Stat": entry("/dst", "dir")})
+        # ... and then the fake reads nothing more: agentctl's writes stall.
+        rc, out, err = fake.finish()
+    assert rc == 125, err
+    assert b"did not answer" in err
+
+
+def test_download_replaces_the_file_atomically(tmp_path):
+    """A reader of the old file keeps it whole, and the destination never
+    holds part of the new content (fails when agentctl writes in place)."""
+    dst = tmp_path / "f"
+    dst.write_bytes(b"old content\n")
+    old_ino = dst.stat().st_ino
+    reader = os.open(dst, os.O_RDONLY)
+    try:
+        with SeedFake("cp", ":/f", str(dst)) as fake:
+            msg_id, t, p = fake.recv()
+            fake.respond(msg_id, {"Stat": entry("/f", mode=0o100644, size=20)})
+            msg_id, t, p = fake.recv()
+            fake.send(msg_id, "core.fs.data", {"data": b"new part 1|"})
+
+            def written():
+                tmp = temp_files(tmp_path)
+                return (tmp and os.path.getsize(tmp_path / tmp[0]) == 11) or \
+                    dst.read_bytes() != b"old content\n"
+            wait_for(written, "the first chunk to be written")
+            assert dst.read_bytes() == b"old content\n", "the destination was written in place"
+            fake.send(msg_id, "core.fs.data", {"data": b"new part 2"})
+            fake.respond(msg_id)
+            rc, out, err = fake.finish()
+        assert rc == 0, err
+        assert dst.read_bytes() == b"new part 1|new part 2"
+        assert dst.stat().st_ino != old_ino
+        assert os.pread(reader, 100, 0) == b"old content\n"
+        assert temp_files(tmp_path) == []
+    finally:
+        os.close(reader)
