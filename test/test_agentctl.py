@@ -933,10 +933,10 @@ class SeedFake:
     """agentctl --fd N against a scripted seed agent: crafted but
     well-formed frames.  The ready probe is consumed at start."""
 
-    def __init__(self, *args, stderr=subprocess.PIPE, **popen):
+    def __init__(self, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen):
         self.sock, host = socket.socketpair()
         self.proc = subprocess.Popen(ctl_args(host, *args), pass_fds=(host.fileno(),),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, stdout=stdout,
                                      stderr=stderr, **popen)
         host.close()
         self.buf = b""
@@ -1281,3 +1281,114 @@ def test_download_replaces_the_file_atomically(tmp_path):
         assert temp_files(tmp_path) == []
     finally:
         os.close(reader)
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def unread(sock):
+    """Bytes sent on a Unix socket that the peer has not read yet."""
+    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return struct.unpack("i", buf)[0]
+
+
+def test_memory_bounded_against_endless_frames():
+    """agentctl's memory against an agent sending maximal frames without
+    end: the frame reader holds one frame plus one read chunk, the decode
+    arena at most ARENA_LIMIT for one frame, nothing is kept across frames.
+    400 MiB of data frames and listings for other ids and for the file
+    being read must stay within that bound."""
+    frame_max, read_chunk, arena_limit = 4194304 + 4, 65536, 32 << 20
+    bound_kib = (frame_max + read_chunk + arena_limit + (2 << 20)) // 1024
+    data = frame(0, "core.fs.data", {"data": b"z" * (4194304 - 200)})
+    listing = cbor2.dumps({"ok": True, "error": None,
+                           "data": {"List": [entry("/%d" % i) for i in range(65000)]}})
+    with SeedFake("cat", "/f", stdout=subprocess.DEVNULL) as fake:
+        msg_id, t, p = fake.recv()
+        for i in range(100):
+            other = struct.pack(">I", msg_id + 1 + i)
+            fake.sock.sendall(data[:4] + (struct.pack(">I", msg_id) if i % 2 else other) +
+                              data[8:])
+            if i % 25 == 0:
+                body = cbor2.dumps({"v": 1, "t": "core.fs.response", "p": listing})
+                fake.sock.sendall(struct.pack(">IIB", len(body) + 5, msg_id + 500 + i, 1) + body)
+        assert len(listing) < 4194304 - 100
+        # Everything above was read once agentctl answers nothing more:
+        # a final data frame for our id is consumed only after the rest.
+        fake.send(msg_id, "core.fs.data", {"data": b"last"})
+        wait_for(lambda: unread(fake.sock) == 0, "agentctl to read every frame")
+        hwm = vm_hwm_kib(fake.proc.pid)
+        fake.respond(msg_id)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert hwm <= bound_kib, "agentctl peaked at %d KiB (bound %d KiB)" % (hwm, bound_kib)
+
+
+def test_sighup_is_forwarded_and_third_sigint_kills():
+    host, agent = spawn_agent()
+    try:
+        p = subprocess.Popen(
+            ctl_args(host, "exec", "--", "sh", "-c",
+                     'trap "echo got-hup; exit 9" HUP; echo up; '
+                     'while :; do sleep 0.05; done'),
+            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"up\n"
+        p.send_signal(signal.SIGHUP)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 9, err
+        assert out == b"got-hup\n"
+
+        # A command that shrugs off SIGINT: the third one is SIGKILL.
+        p = subprocess.Popen(
+            ctl_args(host, "exec", "--", "sh", "-c",
+                     'trap "echo int" INT; echo up; while :; do sleep 0.05; done'),
+            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"up\n"
+        for _ in range(2):
+            p.send_signal(signal.SIGINT)
+            assert p.stdout.readline() == b"int\n"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 128 + signal.SIGKILL, err
+    finally:
+        for q in (p,):
+            if q.poll() is None:
+                q.kill()
+                q.wait()
+        host.close()
+        stop(agent)
+
+
+def test_timeout_gives_up_when_the_kill_is_never_reported():
+    """--timeout sends SIGKILL; an agent that never reports the exit is
+    given up on after the grace period (10 s): 124, not a hang."""
+    with SeedFake("exec", "--timeout", "300ms", "--", "sleep", "300") as fake:
+        msg_id, t, p = fake.recv()
+        assert t == "core.exec.request" and p["cmd"] == "sleep"
+        fake.send(msg_id, "core.exec.started", {"pid": 4242})
+        signals = []
+        while True:
+            m = fake.recv()
+            if m is None:
+                break
+            if m[1] == "core.exec.signal":
+                signals.append(m[2]["signal"])
+        rc, out, err = fake.finish()
+    assert rc == 124, err
+    assert signals == [9]
+    assert b"timed out" in err
+
+
+def test_tty_mode_sends_eot_at_end_of_piped_stdin():
+    """-t with a pipe as stdin: at its end the remote terminal gets ^D,
+    so a reader of the PTY sees end-of-file (an empty frame would be
+    ignored by a PTY session and the command would wait forever)."""
+    r = run("exec", "-t", "--", "sh", "-c", "cat >/dev/null; echo cat-ended",
+            input=b"line one\nline two\n", timeout=60)
+    assert r.returncode == 0, r
+    assert b"cat-ended" in r.stdout
