@@ -762,7 +762,7 @@ static bool guest_is_dir(struct conn *c, const char *path)
 
 struct progress {
 	bool on;
-	char name[64];          /* sanitized: it may come from the guest */
+	char name[25];          /* sanitized after cutting: it may come from the guest */
 	uint64_t total, done;
 	uint64_t t0, last;
 };
@@ -795,7 +795,7 @@ static void progress_draw(struct progress *pg, bool final)
 	for (i = 0; i < 30; i++)
 		bars[i] = i < bar ? '#' : '.';
 	bars[30] = 0;
-	snprintf(line, sizeof(line), "\r%-24.24s [%s] %3u%% %8.1f MiB %7.1f MiB/s",
+	snprintf(line, sizeof(line), "\r%-24s [%s] %3u%% %8.1f MiB %7.1f MiB/s",
 		 pg->name, bars, pct, (double)pg->done / 1048576, rate);
 	fputs(line, stderr);
 	if (final)
@@ -1615,6 +1615,7 @@ static void fatal_signals(int how)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGQUIT);
 	sigprocmask(how, &set, NULL);
 }
 
@@ -1626,6 +1627,7 @@ static void tmp_guard_install(void)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGQUIT, &sa, NULL);
 	atexit(tmp_remove);
 }
 
