@@ -746,12 +746,13 @@ static void cp_download(struct cp *cp, const char *gsrc, const char *dst)
 	target = into ? path_join(dst, name) : strdup(dst);
 	pfd = open(*parent ? parent : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (pfd < 0)
-		fail("open %s: %s", *parent ? parent : ".", strerror(errno));
-	if (!strcmp(e.kind, "dir"))
+		cp_error(cp, "%s: %s", target, strerror(errno));
+	else if (!strcmp(e.kind, "dir"))
 		cp_get_tree(cp, gsrc, pfd, name, target, e.mode, 0);
 	else
 		cp_get_file(cp, gsrc, pfd, name, target, e.mode, e.size, true);
-	close(pfd);
+	if (pfd >= 0)
+		close(pfd);
 	free(name);
 	free(parent);
 	free(target);
