@@ -796,6 +796,20 @@ static const char *const ca_bundles[] = {
 	"/etc/ssl/cert.pem",
 };
 
+/* A distribution's bundle may be a symlink (Fedora's ca-bundle.crt): never
+ * write through it (an image could aim it into a volume); put a regular
+ * file with the same content in its place. */
+static int bundle_unlink_symlink(const char *path, const char *cur, size_t len)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0 || !S_ISLNK(st.st_mode))
+		return 0;
+	if (unlink(path) < 0)
+		return -1;
+	return write_file(path, cur, len, O_EXCL);
+}
+
 /* Append pem to the first bundle that exists (once), else create one. */
 static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_err *err)
 {
@@ -810,7 +824,8 @@ static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_er
 			return cfg_fail(err, "read %s: %s", ca_bundles[i], strerror(errno));
 		*used = ca_bundles[i];
 		if (!memmem(cur, len, pem, n)) {
-			if (len && cur[len - 1] != '\n')
+			r = bundle_unlink_symlink(ca_bundles[i], cur, len);
+			if (r == 0 && len && cur[len - 1] != '\n')
 				r = write_file(ca_bundles[i], "\n", 1, O_APPEND);
 			if (r == 0)
 				r = write_file(ca_bundles[i], pem, n, O_APPEND);

@@ -12,6 +12,8 @@ root can be read back from the image after the VM powered off:
   hosts      /etc/hosts -> /dev/vda: the write is refused, the disk untouched
   msb        /.msb -> /etc: the runtime share is not bound through it
   profile    /etc/profile is a FIFO: PID 1 refuses it instead of blocking
+  ca         the CA bundle is a symlink (as on Fedora): replaced by a regular
+             file with its content plus the CA, its target left alone
 """
 import os
 import shutil
@@ -105,3 +107,32 @@ def test_msb_symlink_is_not_bound_through(initrd, tmp_path):
 def test_profile_fifo_does_not_block_pid1(initrd, tmp_path):
     img = make_image(tmp_path, lambda root: os.mkfifo(root / "etc" / "profile"))
     boot_expecting_power_off(initrd, img, {}, "read /etc/profile")
+
+
+PEM = ("-----BEGIN CERTIFICATE-----\nMIIBdGVzdC1jYS1mb3ItYWdlbnRk\n"
+       "-----END CERTIFICATE-----\n")
+
+
+def test_ca_bundle_symlink_is_replaced_not_written_through(initrd, tmp_path):
+    """A bundle that is a symlink (as on Fedora) is replaced by a regular
+    file with its content plus the CA; the link's target is not written."""
+    def layout(root):
+        (root / "etc" / "ssl").mkdir()
+        (root / "etc" / "system-bundle.pem").write_text("SYSTEM CA\n")
+        (root / "etc" / "ssl" / "cert.pem").symlink_to("/etc/system-bundle.pem")
+    img = make_image(tmp_path, layout)
+    rt = tmp_path / "runtime"
+    (rt / "tls").mkdir(parents=True)
+    (rt / "tls" / "ca.pem").write_text(PEM)
+    env = dict(BLOCK_ENV, MSB_MODULES=BLOCK_ENV["MSB_MODULES"] + ",fuse,virtiofs")
+    with VM(initrd, env=env, disks=[str(img)], runtime_dir=str(rt)) as vm:
+        a = vm.connect(timeout=120)
+        r = a.run("/bin/sh", "-c", "busybox cat /etc/system-bundle.pem; echo ---; "
+                  "busybox stat -c %F /etc/ssl/cert.pem; busybox cat /etc/ssl/cert.pem; "
+                  'echo "---$SSL_CERT_FILE"')
+        a.shutdown()
+        assert vm.wait_exit(10) == 0
+    assert r.code == 0, r
+    target, rest = r.stdout.decode().split("---\n", 1)
+    assert target == "SYSTEM CA\n", "PID 1 wrote through the bundle's symlink"
+    assert rest == "regular file\nSYSTEM CA\n" + PEM + "---/etc/ssl/cert.pem\n", rest
