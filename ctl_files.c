@@ -47,7 +47,18 @@ struct fs_result {
 	size_t nlist;
 };
 
-/* Send one request and wait for its response; entries are copied out. */
+/* Anything but the answer on a request's id breaks the protocol: a guest
+ * must not keep agentctl busy with frames that never end the request. */
+static void fs_unexpected(const struct msg *m)
+{
+	if (m->type == MSG_ERROR)
+		fail("the agent refused the request: %s", m->u.core_error.message ?
+		     m->u.core_error.message : "core.error");
+	fail("the agent sent %s in answer to a file request", msg_type_name(m->type));
+}
+
+/* Send one request and wait for its response; entries are copied out.
+ * A Stat or List answered without its entry or listing fails. */
 static void fs_call(struct conn *c, const struct fs_request *req, struct fs_result *r)
 {
 	struct msg m = { .type = MSG_FS_REQUEST, .gen = PROTO_GEN_SEED };
@@ -56,16 +67,20 @@ static void fs_call(struct conn *c, const struct fs_request *req, struct fs_resu
 
 	m.u.fs_request = *req;
 	conn_send(c, id, &m);
-	for (;;) {
-		conn_wait_msg(c, id, &m);
-		if (m.type == MSG_FS_RESPONSE)
-			break;
-	}
+	conn_wait_msg(c, id, &m);
+	if (m.type != MSG_FS_RESPONSE)
+		fs_unexpected(&m);
 	fr = &m.u.fs_response;
 	memset(r, 0, sizeof(*r));
 	r->ok = fr->ok;
 	snprintf(r->error, sizeof(r->error), "%s",
 		 fr->error ? fr->error : "operation failed");
+	if (fr->ok && ((req->op == FS_STAT && fr->data_kind != FS_DATA_STAT) ||
+		       (req->op == FS_LIST && fr->data_kind != FS_DATA_LIST))) {
+		r->ok = false;
+		snprintf(r->error, sizeof(r->error), "the agent answered without the %s",
+			 req->op == FS_STAT ? "entry" : "listing");
+	}
 	if (fr->ok && fr->data_kind == FS_DATA_STAT)
 		entry_copy(&r->stat, &fr->stat);
 	if (fr->ok && fr->data_kind == FS_DATA_LIST) {
@@ -257,6 +272,8 @@ static int get_stream(struct conn *c, const char *gpath, int fd, const char *wha
 			snprintf(err, errlen, "%s", m.u.fs_response.error ?
 				 m.u.fs_response.error : "read failed");
 			return m.u.fs_response.ok ? 0 : -1;
+		} else {
+			fs_unexpected(&m);
 		}
 	}
 }

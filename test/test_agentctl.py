@@ -1227,12 +1227,14 @@ def test_idle_timeout_ignores_frames_for_other_ids():
     with SeedFake("--idle-timeout", "1s", "cat", "/f") as fake:
         msg_id, t, p = fake.recv()
         assert p["op"] == {"Read": {"path": "/f"}}
+        deadline = time.monotonic() + 30
         try:
-            while fake.proc.poll() is None:
+            while fake.proc.poll() is None and time.monotonic() < deadline:
                 fake.send(msg_id + 1000, "core.fs.data", {"data": b"x"})
                 time.sleep(0.1)
         except OSError:
             pass
+        assert fake.proc.poll() is not None, "no idle timeout within 30 s"
         rc, out, err = fake.finish()
     assert rc == 125 and out == b"", err
     assert b"did not answer" in err
@@ -1392,3 +1394,35 @@ def test_tty_mode_sends_eot_at_end_of_piped_stdin():
             input=b"line one\nline two\n", timeout=60)
     assert r.returncode == 0, r
     assert b"cat-ended" in r.stdout
+
+
+def test_answer_without_its_entry_is_an_error():
+    """ls of a path whose List fails falls back to Stat; a Stat answered
+    "ok" without an entry must not crash agentctl (it did: a NULL path)."""
+    with SeedFake("ls", "/x") as fake:
+        msg_id, t, p = fake.recv()
+        assert p["op"] == {"List": {"path": "/x"}}
+        fake.respond(msg_id, error="Not a directory (os error 20)")
+        msg_id, t, p = fake.recv()
+        assert p["op"] == {"Stat": {"path": "/x"}}
+        fake.respond(msg_id)                            # ok, but no entry
+        rc, out, err = fake.finish()
+    assert rc == 1, err
+    assert b"/x:" in err
+
+
+def test_frames_that_never_end_a_request_fail():
+    """Data frames on a Stat's id never end it: a protocol error (125), not
+    an endless wait that the idle timeout would keep extending."""
+    with SeedFake("stat", "/x") as fake:
+        msg_id, t, p = fake.recv()
+        deadline = time.monotonic() + 30
+        try:
+            while fake.proc.poll() is None and time.monotonic() < deadline:
+                fake.send(msg_id, "core.fs.data", {"data": b"x"})
+        except OSError:
+            pass
+        assert fake.proc.poll() is not None, "agentctl kept taking frames for 30 s"
+        rc, out, err = fake.finish()
+    assert rc == 125, err
+    assert b"core.fs.data in answer to a file request" in err
