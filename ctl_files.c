@@ -205,8 +205,10 @@ static int put_stream(struct conn *c, int fd, const char *gpath, bool has_mode,
 		int n = 1;
 
 		while (conn_next(c, &rid, &m)) {
-			if (rid != id || m.type != MSG_FS_RESPONSE)
+			if (rid != id)
 				continue;
+			if (m.type != MSG_FS_RESPONSE)
+				fs_unexpected(&m);
 			free(buf);
 			snprintf(err, errlen, "%s", m.u.fs_response.error ?
 				 m.u.fs_response.error : "write failed");
