@@ -29,7 +29,7 @@ SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
-CTL_SRCS   = agentctl.c protocol.c
+CTL_SRCS   = agentctl.c ctl_transport.c ctl_exec.c ctl_files.c protocol.c
 
 .PHONY: all check unit integration vmtest fuzz size bench clean dist disttest
 
@@ -38,7 +38,7 @@ all: $(if $(filter $(HOST_ARCH),$(ARCH)),agentd agentctl,build/$(ARCH)/agentd bu
 agentd: $(AGENT_SRCS) $(AGENT_HDRS)
 	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(AGENT_SRCS) $(LDFLAGS_AGENT)
 
-agentctl: $(CTL_SRCS) protocol.h
+agentctl: $(CTL_SRCS) ctl.h protocol.h
 	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(CTL_SRCS) $(LDFLAGS_AGENT)
 
 # The agent built with sanitizers, run by the integration tests too.

@@ -69,9 +69,24 @@ static int mkdir_p(const char *path, mode_t mode)
 	}
 }
 
+/* Open for writing only a regular file that is not a symlink: an image's
+ * /etc/hosts -> /dev/vda or -> a shared volume, or a FIFO there, must not
+ * turn PID 1's writes elsewhere or block it. */
+static int open_regular(const char *path, int flags)
+{
+	int fd = open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0644);
+	struct stat st;
+
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))) {
+		close(fd);
+		return errno = EINVAL, -1;
+	}
+	return fd;
+}
+
 static int write_file(const char *path, const void *data, size_t n, int flags)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | flags, 0644);
+	int fd = open_regular(path, O_WRONLY | O_CREAT | flags);
 	const char *p = data;
 
 	if (fd < 0)
@@ -96,12 +111,17 @@ static int write_file(const char *path, const void *data, size_t n, int flags)
 /* Whole file into a NUL-terminated malloc'd buffer, at most max bytes. */
 static char *read_file(const char *path, size_t max, size_t *len)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	size_t n = 0, cap = 4096;
 	char *buf = NULL;
+	struct stat st;
 
 	if (fd < 0)
 		return NULL;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		errno = EINVAL;  /* a FIFO would block PID 1, a device never end */
+		goto fail;
+	}
 	for (;;) {
 		char *nb = n + 1 >= cap || !buf ? realloc(buf, cap *= 2) : buf;
 		ssize_t r;
@@ -504,6 +524,23 @@ static int mount_probe(const char *dev, struct cfg_err *err)
 	return ret < 0 ? cfg_fail(err, "MSB_BLOCK_ROOT: no filesystem type mounts %s", dev) : 0;
 }
 
+/* Bind the runtime share on target, which must be a directory and not a
+ * symlink (the image's /.msb -> /dev or -> a volume would expose the share
+ * there): the mount goes on the directory opened without following. */
+static int bind_runtime(const char *src, const char *target)
+{
+	int fd = open(target, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	char at[32];
+	int r;
+
+	if (fd < 0)
+		return -1;
+	fmt(at, sizeof(at), "/proc/self/fd/%d", fd);
+	r = mount(src, at, NULL, MS_BIND, NULL);
+	close(fd);
+	return r;
+}
+
 static int switch_root(const struct agent *a, const char *value, struct cfg_err *err)
 {
 	struct cfg_block_root br;
@@ -521,7 +558,7 @@ static int switch_root(const struct agent *a, const char *value, struct cfg_err 
 	fmt(inner, sizeof(inner), "/newroot%s", a->runtime_dir);
 	if (mkdir(inner, 0755) < 0 && errno != EEXIST)
 		return cfg_fail(err, "mkdir %s: %s", inner, strerror(errno));
-	if (mount(a->runtime_dir, inner, NULL, MS_BIND, NULL) < 0)
+	if (bind_runtime(a->runtime_dir, inner) < 0)
 		return cfg_fail(err, "bind %s on %s: %s", a->runtime_dir, inner, strerror(errno));
 	if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 ||
 	    chroot(".") < 0 || chdir("/") < 0)
@@ -556,8 +593,11 @@ static int mount_volumes(const char *value, struct cfg_err *err)
 static int set_hostname(const char *name, struct cfg_err *err)
 {
 	char buf[1024];
-	int n = cfg_hosts(name, buf, sizeof(buf));
+	int n;
 
+	if (name && cfg_check_hostname(name, err) < 0)
+		return -1;  /* before any file is touched */
+	n = cfg_hosts(name, buf, sizeof(buf));
 	if (n < 0)
 		return cfg_fail(err, "MSB_HOSTNAME: too long");
 	if (mkdir_p("/etc", 0755) < 0 || write_file("/etc/hosts", buf, (size_t)n, O_TRUNC) < 0)
@@ -756,6 +796,20 @@ static const char *const ca_bundles[] = {
 	"/etc/ssl/cert.pem",
 };
 
+/* A distribution's bundle may be a symlink (Fedora's ca-bundle.crt): never
+ * write through it (an image could aim it into a volume); put a regular
+ * file with the same content in its place. */
+static int bundle_unlink_symlink(const char *path, const char *cur, size_t len)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0 || !S_ISLNK(st.st_mode))
+		return 0;
+	if (unlink(path) < 0)
+		return -1;
+	return write_file(path, cur, len, O_EXCL);
+}
+
 /* Append pem to the first bundle that exists (once), else create one. */
 static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_err *err)
 {
@@ -770,7 +824,8 @@ static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_er
 			return cfg_fail(err, "read %s: %s", ca_bundles[i], strerror(errno));
 		*used = ca_bundles[i];
 		if (!memmem(cur, len, pem, n)) {
-			if (len && cur[len - 1] != '\n')
+			r = bundle_unlink_symlink(ca_bundles[i], cur, len);
+			if (r == 0 && len && cur[len - 1] != '\n')
 				r = write_file(ca_bundles[i], "\n", 1, O_APPEND);
 			if (r == 0)
 				r = write_file(ca_bundles[i], pem, n, O_APPEND);

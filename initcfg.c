@@ -566,6 +566,36 @@ int cfg_parse_ip(const char *s, int family, struct cfg_ip *out, struct cfg_err *
 
 /* ---- generated files ---- */
 
+static bool host_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '-';
+}
+
+int cfg_check_hostname(const char *name, struct cfg_err *err)
+{
+	size_t len = strlen(name), label = 0;
+
+	if (len == 0 || len > 64)
+		return cfg_fail(err, "MSB_HOSTNAME: must be 1-64 bytes long");
+	for (size_t i = 0; i <= len; i++) {
+		char c = name[i];
+
+		if (c == '.' || c == '\0') {
+			if (label == 0 || label > 63 || name[i - 1] == '-')
+				return cfg_fail(err, "MSB_HOSTNAME: not an RFC 1123 host name "
+						"(empty, overlong or '-'-ended label)");
+			label = 0;
+		} else if (!host_char(c) || (label == 0 && c == '-')) {
+			return cfg_fail(err, "MSB_HOSTNAME: not an RFC 1123 host name "
+					"(letters, digits, '-' and '.' only)");
+		} else {
+			label++;
+		}
+	}
+	return 0;
+}
+
 int cfg_hosts(const char *name, char *buf, size_t n)
 {
 	const char *sp = name ? " " : "", *nm = name ? name : "";

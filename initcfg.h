@@ -90,6 +90,14 @@ uint32_t cfg_tmpfs_mode(const struct cfg_tmpfs *t);
 /* mount(2) data: "size=<bytes>,mode=<octal>" or "mode=<octal>"; -1 if too small. */
 int cfg_tmpfs_data(const struct cfg_tmpfs *t, char *buf, size_t n);
 
+/*
+ * MSB_HOSTNAME (SPEC 10.5) is a host name as RFC 1123 defines it: labels of
+ * letters, digits and '-' (not first or last), 1-63 bytes each, separated by
+ * dots, at most 64 bytes in all (sethostname's limit).  It goes into
+ * /etc/hosts, so nothing else may pass (whitespace, '#', newlines).
+ */
+int cfg_check_hostname(const char *name, struct cfg_err *err);
+
 /* /etc/hosts content (SPEC 10.5); name may be NULL.  Length or -1. */
 int cfg_hosts(const char *name, char *buf, size_t n);
 /* /etc/resolv.conf content from the configured dns servers (either may be

@@ -18,6 +18,7 @@ import subprocess
 import termios
 import time
 
+import ctypes
 import cbor2
 import pytest
 
@@ -57,11 +58,90 @@ def run(*args, input=None, timeout=60, stdin=None):
 
 
 def stop(agent):
+    """agentd must end by itself, with status 0, once its host hung up: a
+    hang or a crash of agentd fails the test."""
     try:
-        agent.wait(timeout=10)
+        rc = agent.wait(timeout=10)
     except subprocess.TimeoutExpired:
         agent.kill()
         agent.wait()
+        raise AssertionError("agentd did not exit within 10 s of the host hanging up")
+    assert rc == 0, "agentd exited with status %d" % rc
+
+
+def kill_pid(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _children():
+    """pid -> state of this process's children (orphans come here too)."""
+    me, out = os.getpid(), {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            out[int(d)] = fields[0]
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _subreaper():
+    """Orphans of this module's processes (a session's `sleep 300` after
+    agentd was killed) are re-parented to pytest, so they can be found."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    yield
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left(_subreaper):
+    """Every test ends every process it starts: whatever is left after a
+    test (polled for a few seconds) is killed and fails the test."""
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = {pid: st for pid, st in _children().items() if pid not in before}
+        for pid, st in list(left.items()):
+            if st == "Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                del left[pid]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    leaked, rounds = sorted(left), 0
+    while left and rounds < 50:
+        # Killing an orphan re-parents its own children here: repeat.
+        for pid in left:
+            try:
+                pgid = os.getpgid(pid)
+                if pgid != os.getpgid(0):
+                    os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+            kill_pid(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        left = {pid for pid in _children() if pid not in before}
+        rounds += 1
+    assert not leaked, "processes left by the test: %r" % leaked
 
 
 def sha256_file(path):
@@ -145,10 +225,13 @@ def test_exec_timeout_is_124_and_kills_the_group(tmp_path):
     assert r.returncode == 124, r
     assert b"timed out" in r.stderr
     pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(pid), "background child of the timed-out command survived"
+    try:
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid), "background child of the timed-out command survived"
+    finally:
+        kill_pid(pid)
 
 
 def test_usage_errors_are_125():
@@ -172,18 +255,28 @@ def test_transport_errors_are_125():
     assert r.returncode == 125, r
     assert b"closed the connection" in r.stderr
 
-    # The agent dies while the command runs.
+    # The agent dies while the command runs; its session's sleep is
+    # orphaned and must be ended here.
     host, agent = spawn_agent()
-    p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo up; sleep 300"),
+    p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo $$; exec sleep 300"),
                          pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     host.close()
-    assert p.stdout.readline() == b"up\n"
-    agent.kill()
-    agent.wait()
-    out, err = p.communicate(timeout=30)
-    assert p.returncode == 125, err
-    assert b"connection to the agent lost" in err
+    sleeper = None
+    try:
+        sleeper = int(p.stdout.readline())
+        agent.kill()
+        agent.wait()
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 125, err
+        assert b"connection to the agent lost" in err
+    finally:
+        p.kill()
+        p.wait()
+        agent.kill()
+        agent.wait()
+        if sleeper:
+            kill_pid(sleeper)
 
 
 def test_no_ready_within_timeout_is_125():
@@ -367,16 +460,23 @@ def test_tty_mode_resize_is_forwarded():
 
 def test_tty_mode_terminal_restored_when_agent_dies():
     host, agent = spawn_agent()
-    t = Term(host, ["exec", "-t", "--", "sh", "-c", "echo up; sleep 300"])
+    t = Term(host, ["exec", "-t", "--", "sh", "-c", "echo up:$$:; exec sleep 300"])
+    sleeper = None
     try:
-        t.read_until(b"up")
+        out = t.read_until(b":\r")
+        sleeper = int(out.split(b"up:")[1].split(b":")[0])
         agent.kill()
         agent.wait()
         assert t.proc.wait(timeout=30) == 125
         assert termios.tcgetattr(t.slave) == t.before
     finally:
+        if sleeper:
+            kill_pid(sleeper)
+        t.proc.kill()
         t.close()
         host.close()
+        agent.kill()
+        agent.wait()
 
 
 # ---------------------------------------------------------------------------
@@ -818,3 +918,511 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     small = tmp_path / "small"
     small.write_bytes(b"x" * 1000)
     assert cp_on_a_terminal(str(small), ":%s/up4" % tmp_path) == b""
+
+
+# ---------------------------------------------------------------------------
+# a hostile guest: a scripted seed agent that speaks for the guest
+
+def entry(path, kind="file", mode=None, size=1):
+    if mode is None:
+        mode = 0o40755 if kind == "dir" else 0o100644
+    return {"path": path, "kind": kind, "size": size, "mode": mode, "modified": None}
+
+
+class SeedFake:
+    """agentctl --fd N against a scripted seed agent: crafted but
+    well-formed frames.  The ready probe is consumed at start."""
+
+    def __init__(self, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen):
+        self.sock, host = socket.socketpair()
+        self.proc = subprocess.Popen(ctl_args(host, *args), pass_fds=(host.fileno(),),
+                                     stdin=subprocess.DEVNULL, stdout=stdout,
+                                     stderr=stderr, **popen)
+        host.close()
+        self.buf = b""
+        self.sock.sendall(READY)
+        probe = self.recv()
+        assert probe[1] == "core.fs.request" and probe[2]["op"] == {"Stat": {"path": "/"}}
+
+    def recv(self):
+        """(id, type, payload) of agentctl's next frame, None at its EOF."""
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack(">I", self.buf[:4])[0]
+                if len(self.buf) >= 4 + n:
+                    msg_id = struct.unpack(">I", self.buf[4:8])[0]
+                    env = cbor2.loads(self.buf[9:4 + n])
+                    self.buf = self.buf[4 + n:]
+                    p = env["p"]
+                    return msg_id, env["t"], cbor2.loads(p) if p else None
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def send(self, msg_id, t, payload, flags=0):
+        self.sock.sendall(frame(msg_id, t, payload, flags))
+
+    def respond(self, msg_id, data=None, error=None):
+        self.send(msg_id, "core.fs.response",
+                  {"ok": error is None, "error": error, "data": data}, flags=1)
+
+    def serve(self, tree, contents=None, until=None):
+        """Answer Stat, List and Read from tree (path -> (entry, listing))
+        and contents (path -> bytes) until agentctl hangs up (or until()
+        says so after a request)."""
+        contents = contents or {}
+        while True:
+            req = self.recv()
+            if req is None:
+                return
+            msg_id, t, p = req
+            if t != "core.fs.request":
+                continue
+            (op, args), = p["op"].items()
+            path = args.get("path")
+            if op == "Stat" and path in tree:
+                self.respond(msg_id, {"Stat": tree[path][0]})
+            elif op == "List" and path in tree:
+                self.respond(msg_id, {"List": tree[path][1]})
+            elif op == "Read" and path in contents:
+                self.send(msg_id, "core.fs.data", {"data": contents[path]})
+                self.respond(msg_id)
+            else:
+                self.respond(msg_id, error="No such file or directory (os error 2)")
+            if until and until(op, path):
+                return
+
+    def finish(self, timeout=60):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        finally:
+            self.close()
+        return self.proc.returncode, out, err
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def tree_dir(path, mode, children):
+    """A directory of the fake tree: its Stat entry and its listing."""
+    return entry(path, "dir", mode), children
+
+
+def test_cp_r_never_follows_or_changes_local_paths(tmp_path):
+    """Issue 17.1: the guest lists as directories what is a local file and
+    local symlinks; agentctl refuses them (exit 1) and changes nothing it
+    did not create."""
+    dst = tmp_path / "dst"
+    g = dst / "g"
+    g.mkdir(parents=True)
+    g.chmod(0o700)
+    (g / "notes.txt").write_text("mine")
+    (g / "notes.txt").chmod(0o600)
+    victim = tmp_path / "victim"
+    victim.write_text("victim")
+    victim.chmod(0o600)
+    (tmp_path / "outside").mkdir()
+    os.symlink("../../victim", g / "link")
+    os.symlink("../../outside", g / "sub")
+    os.symlink("../../victim", g / "flink")
+    tree = {
+        "/g": tree_dir("/g", 0o40777, [
+            entry("/g/notes.txt", "dir", 0o46777), entry("/g/link", "dir", 0o40777),
+            entry("/g/sub", "dir", 0o40777), entry("/g/flink", "file", 0o100777),
+            entry("/g/new", "file", 0o106777), entry("/g/newdir", "dir", 0o42777)]),
+        "/g/notes.txt": tree_dir("/g/notes.txt", 0o46777, [entry("/g/notes.txt/x")]),
+        "/g/link": tree_dir("/g/link", 0o40777, []),
+        "/g/sub": tree_dir("/g/sub", 0o40777, [entry("/g/sub/pwned", "file", 0o104777)]),
+        "/g/newdir": tree_dir("/g/newdir", 0o42777, [entry("/g/newdir/f", "file", 0o104755)]),
+    }
+    contents = {p: b"guest" for p in ("/g/notes.txt/x", "/g/sub/pwned", "/g/flink",
+                                       "/g/new", "/g/newdir/f")}
+    with SeedFake("cp", "-r", ":/g", str(dst), umask=0o022) as fake:
+        fake.serve(tree, contents)
+        rc, out, err = fake.finish()
+    assert rc == 1, err
+    assert err.count(b"cannot overwrite non-directory with directory") == 3, err
+    assert b"not replacing a symbolic link" in err
+    assert (g / "notes.txt").read_text() == "mine"
+    assert stat.S_IMODE((g / "notes.txt").lstat().st_mode) == 0o600
+    assert victim.read_text() == "victim" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path / "outside") == []
+    assert os.readlink(g / "link") == "../../victim" and os.readlink(g / "flink") == "../../victim"
+    # An existing directory is merged into; its mode stays.
+    assert stat.S_IMODE(g.stat().st_mode) == 0o700
+    # New files and directories: no setuid/setgid, umask applied.
+    assert (g / "new").read_bytes() == b"guest"
+    assert stat.S_IMODE((g / "new").stat().st_mode) == 0o755
+    assert stat.S_IMODE((g / "newdir").stat().st_mode) == 0o755
+    assert stat.S_IMODE((g / "newdir" / "f").stat().st_mode) == 0o755
+    assert sorted(os.listdir(g)) == ["flink", "link", "new", "newdir", "notes.txt", "sub"]
+
+
+@pytest.mark.parametrize("preserve,umask,want", [(False, 0o077, 0o700), (False, 0o022, 0o755),
+                                                 (True, 0o077, 0o6777)])
+def test_cp_download_mode_loses_setuid_and_gets_umask(tmp_path, preserve, umask, want):
+    """Issue 11 item 11: guest modes are not trusted unless -p."""
+    tree = {"/f": (entry("/f", "file", 0o106777, size=4), None),
+            "/d": tree_dir("/d", 0o46777, [entry("/d/f", "file", 0o106777)])}
+    contents = {"/f": b"data", "/d/f": b"data"}
+    opts = ["-p"] if preserve else []
+    with SeedFake("cp", *opts, ":/f", str(tmp_path / "f"), umask=umask) as fake:
+        fake.serve(tree, contents)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == want
+    with SeedFake("cp", "-r", *opts, ":/d", str(tmp_path / "d"), umask=umask) as fake:
+        fake.serve(tree, contents)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert stat.S_IMODE((tmp_path / "d" / "f").stat().st_mode) == want
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == (want if preserve else want)
+
+
+def no_controls(data, allow=b"\n"):
+    """True when data holds no C0 (other than allow), DEL, C1 or invalid
+    UTF-8: nothing a terminal would act on."""
+    text = data.decode("utf-8", errors="replace")
+    bad = [c for c in text if (ord(c) < 0x20 and c.encode() not in allow) or
+           0x7f <= ord(c) <= 0x9f or c == "\ufffd"]
+    return not bad
+
+
+EVIL_NAMES = ["a\x1b]0;owned\x07b", "c\nforged line", "d\x9b2Jm", "e\x7f\x08", "fine-\u00e9\u20ac"]
+
+
+def test_ls_and_stat_escape_guest_names():
+    """Issue 17.2: names reach the terminal with control characters shown
+    as '?'; --json is unchanged."""
+    listing = [entry("/d/" + n) for n in EVIL_NAMES]
+    tree = {"/d": tree_dir("/d", 0o40755, listing),
+            "/asked": (entry("/\x1b]52;c;ZXZpbA==\x07osc52"), None)}
+    with SeedFake("ls", "/d") as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert no_controls(out), out
+    lines = out.decode().splitlines()
+    assert len(lines) == len(EVIL_NAMES), out
+    assert lines[0].endswith(" a?]0;owned?b") and lines[1].endswith(" c?forged line")
+    assert lines[4].endswith(" fine-\u00e9\u20ac"), "valid UTF-8 must stay as it is"
+    with SeedFake("ls", "--json", "/d") as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert sorted(e["name"] for e in json.loads(out)) == sorted(EVIL_NAMES)
+    with SeedFake("stat", "/asked") as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert rc == 0 and no_controls(out), out
+    assert out.decode().rstrip("\n").endswith(" /asked"), "stat shows the path asked for"
+
+
+def test_errors_and_warnings_escape_guest_text(tmp_path):
+    evil = "No such file\x1b[2J\x1b]52;c;ZXZpbA==\x07\nagentctl: forged"
+    with SeedFake("stat", "/x") as fake:
+        msg_id, t, p = fake.recv()
+        fake.respond(msg_id, error=evil)
+        rc, out, err = fake.finish()
+    assert rc == 1 and no_controls(err), err
+    assert err.count(b"\n") == 1 and b"forged" in err
+    # a warning (skipped symlink) and an error naming guest paths
+    tree = {"/d": tree_dir("/d", 0o40755, [entry("/d/l\x1b[31m", "symlink"),
+                                            entry("/d/../\x1b[1mx", "file")])}
+    with SeedFake("cp", "-r", ":/d", str(tmp_path / "out")) as fake:
+        fake.serve(tree)
+        rc, out, err = fake.finish()
+    assert rc == 1 and b"skipping" in err and b"bad entry" in err, err
+    assert no_controls(err), err
+
+
+def test_progress_bar_escapes_guest_name(tmp_path):
+    name = "\x1b]0;title\x07\x1b[2Jbig"
+    tree = {"/d": tree_dir("/d", 0o40755, [entry("/d/" + name, "file", size=16 << 20)])}
+    master, slave = pty.openpty()
+    fake = SeedFake("cp", "-r", ":/d", str(tmp_path / "out"), stderr=slave)
+    os.close(slave)
+    try:
+        fake.serve(tree, {"/d/" + name: b"x" * 1000})
+        rc, out, err = fake.finish()
+        shown = b""
+        while select.select([master], [], [], 0)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        fake.close()
+        os.close(master)
+    assert rc == 0
+    assert b"?]0;title??[2Jbig" in shown, shown
+    assert no_controls(shown, allow=b"\r\n"), shown
+
+
+def wait_for(cond, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.02)
+
+
+def temp_files(d):
+    return [p for p in os.listdir(d) if ".agentctl-" in p]
+
+
+@pytest.mark.parametrize("how", ["drop", "malformed", "SIGINT", "SIGTERM", "SIGHUP", "idle"])
+def test_interrupted_download_leaves_nothing(tmp_path, how):
+    """Issue 17.3: the partial temporary file goes on every way out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--idle-timeout", "1s"] if how == "idle" else []
+    with SeedFake(*args, "cp", ":/f", str(out / "f")) as fake:
+        msg_id, t, p = fake.recv()                  # Stat
+        fake.respond(msg_id, {"Stat": entry("/f", size=10 << 20)})
+        msg_id, t, p = fake.recv()                  # Read
+        assert p["op"] == {"Read": {"path": "/f"}}
+        fake.send(msg_id, "core.fs.data", {"data": b"g" * 65536})
+
+        def partial():
+            tmp = temp_files(out)
+            return tmp and os.path.getsize(out / tmp[0]) == 65536
+        wait_for(partial, "the partial temporary file")
+        if how == "drop":
+            fake.sock.shutdown(socket.SHUT_RDWR)
+        elif how == "malformed":
+            fake.sock.sendall(struct.pack(">IIB", 6, msg_id, 0) + b"\xff")
+        elif how.startswith("SIG"):
+            fake.proc.send_signal(getattr(signal, how))
+        rc, _, err = fake.finish()
+    if how.startswith("SIG"):
+        assert rc == -getattr(signal, how), err
+    else:
+        assert rc == 125, err
+    assert os.listdir(out) == [], err
+
+
+def test_idle_timeout_gives_up_with_125():
+    """Issue 17.4: an agent that answers the probe and then nothing."""
+    with SeedFake("--idle-timeout", "1s", "ls", "/") as fake:
+        assert fake.recv()[1] == "core.fs.request"      # List, never answered
+        rc, out, err = fake.finish()
+    assert rc == 125, err
+    assert b"did not answer for 1.0 s" in err
+
+
+def test_idle_timeout_ignores_frames_for_other_ids():
+    """A trickle of frames for another id is no answer."""
+    with SeedFake("--idle-timeout", "1s", "cat", "/f") as fake:
+        msg_id, t, p = fake.recv()
+        assert p["op"] == {"Read": {"path": "/f"}}
+        deadline = time.monotonic() + 30
+        try:
+            while fake.proc.poll() is None and time.monotonic() < deadline:
+                fake.send(msg_id + 1000, "core.fs.data", {"data": b"x"})
+                time.sleep(0.1)
+        except OSError:
+            pass
+        assert fake.proc.poll() is not None, "no idle timeout within 30 s"
+        rc, out, err = fake.finish()
+    assert rc == 125 and out == b"", err
+    assert b"did not answer" in err
+
+
+def test_idle_timeout_on_an_upload_the_agent_never_takes(tmp_path):
+    src = tmp_path / "big"
+    src.write_bytes(b"u" * (16 << 20))
+    with SeedFake("--idle-timeout", "1s", "cp", "-q", str(src), ":/dst") as fake:
+        msg_id, t, p = fake.recv()                  # Stat /dst: a directory
+        assert p["op"] == {"Stat": {"path": "/dst"}}
+        fake.respond(msg_id, {"Stat": entry("/dst", "dir")})
+        # ... and then the fake reads nothing more: agentctl's writes stall.
+        rc, out, err = fake.finish()
+    assert rc == 125, err
+    assert b"did not answer" in err
+
+
+def test_download_replaces_the_file_atomically(tmp_path):
+    """A reader of the old file keeps it whole, and the destination never
+    holds part of the new content (fails when agentctl writes in place)."""
+    dst = tmp_path / "f"
+    dst.write_bytes(b"old content\n")
+    old_ino = dst.stat().st_ino
+    reader = os.open(dst, os.O_RDONLY)
+    try:
+        with SeedFake("cp", ":/f", str(dst)) as fake:
+            msg_id, t, p = fake.recv()
+            fake.respond(msg_id, {"Stat": entry("/f", mode=0o100644, size=20)})
+            msg_id, t, p = fake.recv()
+            fake.send(msg_id, "core.fs.data", {"data": b"new part 1|"})
+
+            def written():
+                tmp = temp_files(tmp_path)
+                return (tmp and os.path.getsize(tmp_path / tmp[0]) == 11) or \
+                    dst.read_bytes() != b"old content\n"
+            wait_for(written, "the first chunk to be written")
+            assert dst.read_bytes() == b"old content\n", "the destination was written in place"
+            fake.send(msg_id, "core.fs.data", {"data": b"new part 2"})
+            fake.respond(msg_id)
+            rc, out, err = fake.finish()
+        assert rc == 0, err
+        assert dst.read_bytes() == b"new part 1|new part 2"
+        assert dst.stat().st_ino != old_ino
+        assert os.pread(reader, 100, 0) == b"old content\n"
+        assert temp_files(tmp_path) == []
+    finally:
+        os.close(reader)
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def unread(sock):
+    """Bytes sent on a Unix socket that the peer has not read yet."""
+    buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return struct.unpack("i", buf)[0]
+
+
+def test_memory_bounded_against_endless_frames():
+    """agentctl's memory against an agent sending maximal frames without
+    end: the frame reader holds one frame plus one read chunk, the decode
+    arena at most ARENA_LIMIT for one frame, nothing is kept across frames.
+    400 MiB of data frames and listings for other ids and for the file
+    being read must stay within that bound."""
+    frame_max, read_chunk, arena_limit = 4194304 + 4, 65536, 32 << 20
+    bound_kib = (frame_max + read_chunk + arena_limit + (2 << 20)) // 1024
+    data = frame(0, "core.fs.data", {"data": b"z" * (4194304 - 200)})
+    listing = cbor2.dumps({"ok": True, "error": None,
+                           "data": {"List": [entry("/%d" % i) for i in range(65000)]}})
+    with SeedFake("cat", "/f", stdout=subprocess.DEVNULL) as fake:
+        msg_id, t, p = fake.recv()
+        for i in range(100):
+            other = struct.pack(">I", msg_id + 1 + i)
+            fake.sock.sendall(data[:4] + (struct.pack(">I", msg_id) if i % 2 else other) +
+                              data[8:])
+            if i % 25 == 0:
+                body = cbor2.dumps({"v": 1, "t": "core.fs.response", "p": listing})
+                fake.sock.sendall(struct.pack(">IIB", len(body) + 5, msg_id + 500 + i, 1) + body)
+        assert len(listing) < 4194304 - 100
+        # Everything above was read once agentctl answers nothing more:
+        # a final data frame for our id is consumed only after the rest.
+        fake.send(msg_id, "core.fs.data", {"data": b"last"})
+        wait_for(lambda: unread(fake.sock) == 0, "agentctl to read every frame")
+        hwm = vm_hwm_kib(fake.proc.pid)
+        fake.respond(msg_id)
+        rc, out, err = fake.finish()
+    assert rc == 0, err
+    assert hwm <= bound_kib, "agentctl peaked at %d KiB (bound %d KiB)" % (hwm, bound_kib)
+
+
+def test_sighup_is_forwarded_and_third_sigint_kills():
+    host, agent = spawn_agent()
+    try:
+        p = subprocess.Popen(
+            ctl_args(host, "exec", "--", "sh", "-c",
+                     'trap "echo got-hup; exit 9" HUP; echo up; '
+                     'while :; do sleep 0.05; done'),
+            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"up\n"
+        p.send_signal(signal.SIGHUP)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 9, err
+        assert out == b"got-hup\n"
+
+        # A command that shrugs off SIGINT: the third one is SIGKILL.
+        p = subprocess.Popen(
+            ctl_args(host, "exec", "--", "sh", "-c",
+                     'trap "echo int" INT; echo up; while :; do sleep 0.05; done'),
+            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout.readline() == b"up\n"
+        for _ in range(2):
+            p.send_signal(signal.SIGINT)
+            assert p.stdout.readline() == b"int\n"
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 128 + signal.SIGKILL, err
+    finally:
+        for q in (p,):
+            if q.poll() is None:
+                q.kill()
+                q.wait()
+        host.close()
+        stop(agent)
+
+
+def test_timeout_gives_up_when_the_kill_is_never_reported():
+    """--timeout sends SIGKILL; an agent that never reports the exit is
+    given up on after the grace period (10 s): 124, not a hang."""
+    with SeedFake("exec", "--timeout", "300ms", "--", "sleep", "300") as fake:
+        msg_id, t, p = fake.recv()
+        assert t == "core.exec.request" and p["cmd"] == "sleep"
+        fake.send(msg_id, "core.exec.started", {"pid": 4242})
+        signals = []
+        while True:
+            m = fake.recv()
+            if m is None:
+                break
+            if m[1] == "core.exec.signal":
+                signals.append(m[2]["signal"])
+        rc, out, err = fake.finish()
+    assert rc == 124, err
+    assert signals == [9]
+    assert b"timed out" in err
+
+
+def test_tty_mode_sends_eot_at_end_of_piped_stdin():
+    """-t with a pipe as stdin: at its end the remote terminal gets ^D,
+    so a reader of the PTY sees end-of-file (an empty frame would be
+    ignored by a PTY session and the command would wait forever)."""
+    r = run("exec", "-t", "--", "sh", "-c", "cat >/dev/null; echo cat-ended",
+            input=b"line one\nline two\n", timeout=60)
+    assert r.returncode == 0, r
+    assert b"cat-ended" in r.stdout
+
+
+def test_answer_without_its_entry_is_an_error():
+    """ls of a path whose List fails falls back to Stat; a Stat answered
+    "ok" without an entry must not crash agentctl (it did: a NULL path)."""
+    with SeedFake("ls", "/x") as fake:
+        msg_id, t, p = fake.recv()
+        assert p["op"] == {"List": {"path": "/x"}}
+        fake.respond(msg_id, error="Not a directory (os error 20)")
+        msg_id, t, p = fake.recv()
+        assert p["op"] == {"Stat": {"path": "/x"}}
+        fake.respond(msg_id)                            # ok, but no entry
+        rc, out, err = fake.finish()
+    assert rc == 1, err
+    assert b"/x:" in err
+
+
+def test_frames_that_never_end_a_request_fail():
+    """Data frames on a Stat's id never end it: a protocol error (125), not
+    an endless wait that the idle timeout would keep extending."""
+    with SeedFake("stat", "/x") as fake:
+        msg_id, t, p = fake.recv()
+        deadline = time.monotonic() + 30
+        try:
+            while fake.proc.poll() is None and time.monotonic() < deadline:
+                fake.send(msg_id, "core.fs.data", {"data": b"x"})
+        except OSError:
+            pass
+        assert fake.proc.poll() is not None, "agentctl kept taking frames for 30 s"
+        rc, out, err = fake.finish()
+    assert rc == 125, err
+    assert b"core.fs.data in answer to a file request" in err

@@ -212,6 +212,26 @@ static void test_files(void)
 		      "ip6-loopback box\nfe00::", 70) == 0);
 	CHECK_EQ_INT(cfg_hosts("box", buf, 40), -1);
 
+	CHECK_EQ_INT(cfg_check_hostname("box", &err), 0);
+	CHECK_EQ_INT(cfg_check_hostname("a", &err), 0);
+	CHECK_EQ_INT(cfg_check_hostname("web-1.Example.ORG", &err), 0);
+	CHECK_EQ_INT(cfg_check_hostname("a.01234567890123456789012345678901234567890123456789012345678901", &err), 0);
+	CHECK_FAILS(cfg_check_hostname("0123456789012345678901234567890123456789012345678901234567890123", &err), "overlong");
+	CHECK_FAILS(cfg_check_hostname("01234567890123456789012345678901234567890123456789012345678901234", &err), "1-64 bytes");
+	CHECK_FAILS(cfg_check_hostname("", &err), "1-64 bytes");
+	CHECK_FAILS(cfg_check_hostname("box evil", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("box\n1.2.3.4 bank.example", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("box#x", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("box\t", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("-box", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("box-", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("a..b", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname(".box", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("box.", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("a.-b", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("b\xc3\xa9", &err), "RFC 1123");
+	CHECK_FAILS(cfg_check_hostname("a_b", &err), "RFC 1123");
+
 	n = cfg_profile_append("", 0, add);
 	CHECK(n > 0 && add[0] == '#' && add[n - 1] == '\n');
 	n = cfg_profile_append("export A=1", 10, add);
