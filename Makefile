@@ -23,6 +23,8 @@ LDFLAGS_AGENT = -static -no-pie -s -Wl,--gc-sections -Wl,-z,norelro -Wl,--build-
 SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=address,undefined -fno-sanitize-recover=all
 
+# The agent speaks only the seed generation: leave the g7 codec tables out.
+AGENT_DEFS = -DAGENTD_SEED_ONLY
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
 CTL_SRCS   = agentctl.c protocol.c
@@ -32,14 +34,14 @@ CTL_SRCS   = agentctl.c protocol.c
 all: agentd agentctl
 
 agentd: $(AGENT_SRCS) $(AGENT_HDRS)
-	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(AGENT_SRCS) $(LDFLAGS_AGENT)
+	$(MUSL_CC) $(CFLAGS_AGENT) $(AGENT_DEFS) -o $@ $(AGENT_SRCS) $(LDFLAGS_AGENT)
 
 agentctl: $(CTL_SRCS) protocol.h
 	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(CTL_SRCS) $(LDFLAGS_AGENT)
 
 # The agent built with sanitizers, run by the integration tests too.
 agentd-san: $(AGENT_SRCS) $(AGENT_HDRS)
-	$(SAN_CC) $(SAN_FLAGS) -o $@ $(AGENT_SRCS)
+	$(SAN_CC) $(SAN_FLAGS) $(AGENT_DEFS) -o $@ $(AGENT_SRCS)
 
 size: agentd
 	@stat -c '%s bytes  agentd' agentd

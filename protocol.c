@@ -573,6 +573,14 @@ static const struct field f_fs_response_seed[] = {
 	{ 0 }
 };
 
+/*
+ * The agent speaks only the seed generation (its build defines
+ * AGENTD_SEED_ONLY): the generation 7 tables below and the field kinds
+ * only they use stay out of its binary.  agentctl, the unit tests and the
+ * fuzzers keep the whole codec.
+ */
+#ifndef AGENTD_SEED_ONLY
+
 /* ---- generation 7 filesystem schemas (SPEC 12.5) ---- */
 
 static const struct field f_set_attrs[] = {
@@ -934,7 +942,15 @@ static const struct field f_tcp_failed[] = {
 	{ 0 }
 };
 
+#endif /* AGENTD_SEED_ONLY */
+
 static const struct field f_empty[] = { { 0 } };
+
+#ifdef AGENTD_SEED_ONLY
+#define G7(table) NULL
+#else
+#define G7(table) table
+#endif
 
 struct msg_desc {
 	const char *name;
@@ -954,28 +970,28 @@ static const struct msg_desc msg_descs[MSG_TYPE_COUNT] = {
 	[MSG_EXEC_EXITED] = { "core.exec.exited", FLAG_TERMINAL, f_exec_exited, NULL },
 	[MSG_EXEC_RESIZE] = { "core.exec.resize", 0, f_exec_resize, NULL },
 	[MSG_EXEC_SIGNAL] = { "core.exec.signal", 0, f_exec_signal, NULL },
-	[MSG_FS_REQUEST] = { "core.fs.request", FLAG_SESSION_START, f_fs_request_seed, f_fs_request_g7 },
-	[MSG_FS_RESPONSE] = { "core.fs.response", FLAG_TERMINAL, f_fs_response_seed, f_fs_response_g7 },
+	[MSG_FS_REQUEST] = { "core.fs.request", FLAG_SESSION_START, f_fs_request_seed, G7(f_fs_request_g7) },
+	[MSG_FS_RESPONSE] = { "core.fs.response", FLAG_TERMINAL, f_fs_response_seed, G7(f_fs_response_g7) },
 	[MSG_FS_DATA] = { "core.fs.data", 0, f_data, NULL },
-	[MSG_BOOTSTRAP] = { "core.bootstrap", 0, f_bootstrap, NULL },
-	[MSG_INIT_RESOLVED] = { "core.init.resolved", 0, f_init_resolved, NULL },
+	[MSG_BOOTSTRAP] = { "core.bootstrap", 0, G7(f_bootstrap), NULL },
+	[MSG_INIT_RESOLVED] = { "core.init.resolved", 0, G7(f_init_resolved), NULL },
 	[MSG_INIT_ACK] = { "core.init.ack", 0, f_empty, NULL },
-	[MSG_RELAY_CLIENT_DISCONNECTED] = { "core.relay.client.disconnected", 0, f_relay_disconnected, NULL },
-	[MSG_CLOCK_SYNC] = { "core.clock.sync", 0, f_clock_sync, NULL },
+	[MSG_RELAY_CLIENT_DISCONNECTED] = { "core.relay.client.disconnected", 0, G7(f_relay_disconnected), NULL },
+	[MSG_CLOCK_SYNC] = { "core.clock.sync", 0, G7(f_clock_sync), NULL },
 	[MSG_PING] = { "core.ping", 0, f_empty, NULL },
 	[MSG_PONG] = { "core.pong", FLAG_TERMINAL, f_empty, NULL },
 	[MSG_TOUCH] = { "core.touch", 0, f_empty, NULL },
-	[MSG_TOUCHED] = { "core.touched", FLAG_TERMINAL, f_touched, NULL },
-	[MSG_ERROR] = { "core.error", FLAG_TERMINAL, f_core_error, NULL },
-	[MSG_EXEC_STDIN_ERROR] = { "core.exec.stdin.error", 0, f_exec_stdin_error, NULL },
-	[MSG_EXEC_FAILED] = { "core.exec.failed", FLAG_TERMINAL, f_exec_failed, NULL },
-	[MSG_TCP_CONNECT] = { "core.tcp.connect", FLAG_SESSION_START, f_tcp_connect, NULL },
+	[MSG_TOUCHED] = { "core.touched", FLAG_TERMINAL, G7(f_touched), NULL },
+	[MSG_ERROR] = { "core.error", FLAG_TERMINAL, G7(f_core_error), NULL },
+	[MSG_EXEC_STDIN_ERROR] = { "core.exec.stdin.error", 0, G7(f_exec_stdin_error), NULL },
+	[MSG_EXEC_FAILED] = { "core.exec.failed", FLAG_TERMINAL, G7(f_exec_failed), NULL },
+	[MSG_TCP_CONNECT] = { "core.tcp.connect", FLAG_SESSION_START, G7(f_tcp_connect), NULL },
 	[MSG_TCP_CONNECTED] = { "core.tcp.connected", 0, f_empty, NULL },
 	[MSG_TCP_DATA] = { "core.tcp.data", 0, f_data, NULL },
 	[MSG_TCP_EOF] = { "core.tcp.eof", 0, f_empty, NULL },
 	[MSG_TCP_CLOSE] = { "core.tcp.close", 0, f_empty, NULL },
 	[MSG_TCP_CLOSED] = { "core.tcp.closed", FLAG_TERMINAL, f_empty, NULL },
-	[MSG_TCP_FAILED] = { "core.tcp.failed", FLAG_TERMINAL, f_tcp_failed, NULL },
+	[MSG_TCP_FAILED] = { "core.tcp.failed", FLAG_TERMINAL, G7(f_tcp_failed), NULL },
 };
 
 const char *msg_type_name(enum msg_type t)
@@ -1226,14 +1242,6 @@ static int decode_array(struct cbor_in *in, const struct field *f, char *base)
 	return 0;
 }
 
-static int lookup_name(const char *const *names, struct slice s)
-{
-	for (int i = 0; names[i]; i++)
-		if (slice_is(s, names[i]))
-			return i;
-	return -1;
-}
-
 static const struct variant *lookup_variant(struct cbor_in *in, const struct variant *v,
 					    struct slice s)
 {
@@ -1242,20 +1250,6 @@ static const struct variant *lookup_variant(struct cbor_in *in, const struct var
 			return v;
 	dfail(in, "unknown variant");
 	return NULL;
-}
-
-static int decode_enum(struct cbor_in *in, const struct field *f, char *base)
-{
-	struct head h;
-	struct slice s;
-	int i;
-
-	if (get_typed(in, &h, 3, "expected text") || read_str(in, &h, &s))
-		return -1;
-	if ((i = lookup_name(f->sub, s)) < 0)
-		return dfail(in, "unknown variant");
-	*(int *)(base + f->off) = i;
-	return 0;
 }
 
 /* {"Variant": content}: a definite map with exactly one entry. */
@@ -1275,6 +1269,29 @@ static int decode_etag(struct cbor_in *in, const struct field *f, char *base)
 	if (decode_value(in, &v->content, base))
 		return -1;
 	in->depth--;
+	return 0;
+}
+
+#ifndef AGENTD_SEED_ONLY
+static int lookup_name(const char *const *names, struct slice s)
+{
+	for (int i = 0; names[i]; i++)
+		if (slice_is(s, names[i]))
+			return i;
+	return -1;
+}
+
+static int decode_enum(struct cbor_in *in, const struct field *f, char *base)
+{
+	struct head h;
+	struct slice s;
+	int i;
+
+	if (get_typed(in, &h, 3, "expected text") || read_str(in, &h, &s))
+		return -1;
+	if ((i = lookup_name(f->sub, s)) < 0)
+		return dfail(in, "unknown variant");
+	*(int *)(base + f->off) = i;
 	return 0;
 }
 
@@ -1316,11 +1333,11 @@ static int decode_itag(struct cbor_in *in, const struct field *f, char *base)
 	*(int *)(base + f->off) = v->value;
 	return decode_map(in, &h, v->content.sub, base, true);
 }
+#endif
 
 static int decode_value(struct cbor_in *in, const struct field *f, char *base)
 {
 	void *dst = base + f->off;
-	struct slice s;
 	struct head h;
 	int r = take_null(in);
 
@@ -1342,21 +1359,26 @@ static int decode_value(struct cbor_in *in, const struct field *f, char *base)
 		return get_typed(in, &h, 3, "expected text") || read_str(in, &h, dst) ? -1 : 0;
 	case K_BYTES:
 		return decode_bytes(in, dst, 0, NULL);
-	case K_FIXED:
+#ifndef AGENTD_SEED_ONLY
+	case K_FIXED: {
+		struct slice s;
+
 		return decode_bytes(in, &s, f->arg, dst);
+	}
+	case K_ENUM:
+		return decode_enum(in, f, base);
+	case K_ITAG:
+		return decode_itag(in, f, base);
+#endif
 	case K_TEXTS:
 	case K_ARRAY:
 		return decode_array(in, f, base);
 	case K_STRUCT:
 		return decode_struct(in, f->sub, dst);
-	case K_ENUM:
-		return decode_enum(in, f, base);
 	case K_ETAG:
 		return decode_etag(in, f, base);
-	case K_ITAG:
-		return decode_itag(in, f, base);
 	default:
-		return decode_int(in, f->kind, dst);
+		return f->kind <= K_I64 ? decode_int(in, f->kind, dst) : dfail(in, "unsupported field");
 	}
 }
 
@@ -1436,6 +1458,18 @@ static bool omitted(const struct field *f, const char *base)
 	return !present(f, base);
 }
 
+#ifndef AGENTD_SEED_ONLY
+/* The name of value i, or NULL (encoded as "") past the end. */
+static const char *enum_name(const char *const *names, int i)
+{
+	int k;
+
+	for (k = 0; names[k] && k != i; k++)
+		;
+	return names[k];
+}
+#endif
+
 static const struct variant *variant_of(const struct variant *v, int value)
 {
 	for (; v->name; v++)
@@ -1479,8 +1513,6 @@ static void encode_value(struct cbor_out *o, const struct field *f, const char *
 	const void *p = base + f->off;
 	const struct variant *v;
 	const struct slice *s = p;
-	const char *const *names = f->sub;
-	int i;
 
 	if ((f->flags & F_NULL) && !present(f, base)) {
 		cbor_put_null(o);
@@ -1499,11 +1531,6 @@ static void encode_value(struct cbor_out *o, const struct field *f, const char *
 	case K_BYTES:
 		cbor_put_bytes(o, s->p, s->n);
 		break;
-	case K_FIXED:
-		cbor_put_array(o, f->arg);
-		for (i = 0; i < f->arg; i++)
-			cbor_put_uint(o, ((const uint8_t *)p)[i]);
-		break;
 	case K_TEXTS:
 	case K_ARRAY:
 		encode_array(o, f, base);
@@ -1511,23 +1538,31 @@ static void encode_value(struct cbor_out *o, const struct field *f, const char *
 	case K_STRUCT:
 		encode_fields(o, f->sub, p, NULL);
 		break;
-	case K_ENUM:
-		for (i = 0; names[i] && i != *(const int *)p; i++)
-			;
-		cbor_put_str(o, names[i]);
-		break;
 	case K_ETAG:
-	case K_ITAG:
 		if (!(v = variant_of(f->sub, *(const int *)p))) {
 			cbor_put_null(o);
-		} else if (f->kind == K_ITAG) {
-			encode_fields(o, v->content.sub, base, v->name);
 		} else {
 			cbor_put_map(o, 1);
 			cbor_put_str(o, v->name);
 			encode_value(o, &v->content, base);
 		}
 		break;
+#ifndef AGENTD_SEED_ONLY
+	case K_FIXED:
+		cbor_put_array(o, f->arg);
+		for (int i = 0; i < f->arg; i++)
+			cbor_put_uint(o, ((const uint8_t *)p)[i]);
+		break;
+	case K_ENUM:
+		cbor_put_str(o, enum_name(f->sub, *(const int *)p));
+		break;
+	case K_ITAG:
+		if (!(v = variant_of(f->sub, *(const int *)p)))
+			cbor_put_null(o);
+		else
+			encode_fields(o, v->content.sub, base, v->name);
+		break;
+#endif
 	default:
 		encode_int(o, f->kind, p);
 	}
