@@ -24,7 +24,9 @@ SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=address,undefined -fno-sanitize-recover=all
 
 # The agent speaks only the seed generation: leave the g7 codec tables out.
+# Link-time optimisation: one unit, unused code dropped across files.
 AGENT_DEFS = -DAGENTD_SEED_ONLY
+AGENT_LTO  = -flto
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
 CTL_SRCS   = agentctl.c protocol.c
@@ -34,7 +36,7 @@ CTL_SRCS   = agentctl.c protocol.c
 all: agentd agentctl
 
 agentd: $(AGENT_SRCS) $(AGENT_HDRS)
-	$(MUSL_CC) $(CFLAGS_AGENT) $(AGENT_DEFS) -o $@ $(AGENT_SRCS) $(LDFLAGS_AGENT)
+	$(MUSL_CC) $(CFLAGS_AGENT) $(AGENT_DEFS) $(AGENT_LTO) -o $@ $(AGENT_SRCS) $(LDFLAGS_AGENT)
 
 agentctl: $(CTL_SRCS) protocol.h
 	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(CTL_SRCS) $(LDFLAGS_AGENT)

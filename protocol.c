@@ -954,44 +954,44 @@ static const struct field f_empty[] = { { 0 } };
 
 struct msg_desc {
 	const char *name;
+	const struct field *fields;
 	uint8_t flags;
-	const struct field *fields, *fields_g7;  /* fields_g7 NULL = same */
 };
 
 static const struct msg_desc msg_descs[MSG_TYPE_COUNT] = {
-	[MSG_UNKNOWN] = { "unknown", 0, NULL, NULL },
-	[MSG_READY] = { "core.ready", 0, f_ready, NULL },
-	[MSG_SHUTDOWN] = { "core.shutdown", FLAG_SHUTDOWN, NULL, NULL },
-	[MSG_EXEC_REQUEST] = { "core.exec.request", FLAG_SESSION_START, f_exec_request, NULL },
-	[MSG_EXEC_STARTED] = { "core.exec.started", 0, f_exec_started, NULL },
-	[MSG_EXEC_STDIN] = { "core.exec.stdin", 0, f_data, NULL },
-	[MSG_EXEC_STDOUT] = { "core.exec.stdout", 0, f_data, NULL },
-	[MSG_EXEC_STDERR] = { "core.exec.stderr", 0, f_data, NULL },
-	[MSG_EXEC_EXITED] = { "core.exec.exited", FLAG_TERMINAL, f_exec_exited, NULL },
-	[MSG_EXEC_RESIZE] = { "core.exec.resize", 0, f_exec_resize, NULL },
-	[MSG_EXEC_SIGNAL] = { "core.exec.signal", 0, f_exec_signal, NULL },
-	[MSG_FS_REQUEST] = { "core.fs.request", FLAG_SESSION_START, f_fs_request_seed, G7(f_fs_request_g7) },
-	[MSG_FS_RESPONSE] = { "core.fs.response", FLAG_TERMINAL, f_fs_response_seed, G7(f_fs_response_g7) },
-	[MSG_FS_DATA] = { "core.fs.data", 0, f_data, NULL },
-	[MSG_BOOTSTRAP] = { "core.bootstrap", 0, G7(f_bootstrap), NULL },
-	[MSG_INIT_RESOLVED] = { "core.init.resolved", 0, G7(f_init_resolved), NULL },
-	[MSG_INIT_ACK] = { "core.init.ack", 0, f_empty, NULL },
-	[MSG_RELAY_CLIENT_DISCONNECTED] = { "core.relay.client.disconnected", 0, G7(f_relay_disconnected), NULL },
-	[MSG_CLOCK_SYNC] = { "core.clock.sync", 0, G7(f_clock_sync), NULL },
-	[MSG_PING] = { "core.ping", 0, f_empty, NULL },
-	[MSG_PONG] = { "core.pong", FLAG_TERMINAL, f_empty, NULL },
-	[MSG_TOUCH] = { "core.touch", 0, f_empty, NULL },
-	[MSG_TOUCHED] = { "core.touched", FLAG_TERMINAL, G7(f_touched), NULL },
-	[MSG_ERROR] = { "core.error", FLAG_TERMINAL, G7(f_core_error), NULL },
-	[MSG_EXEC_STDIN_ERROR] = { "core.exec.stdin.error", 0, G7(f_exec_stdin_error), NULL },
-	[MSG_EXEC_FAILED] = { "core.exec.failed", FLAG_TERMINAL, G7(f_exec_failed), NULL },
-	[MSG_TCP_CONNECT] = { "core.tcp.connect", FLAG_SESSION_START, G7(f_tcp_connect), NULL },
-	[MSG_TCP_CONNECTED] = { "core.tcp.connected", 0, f_empty, NULL },
-	[MSG_TCP_DATA] = { "core.tcp.data", 0, f_data, NULL },
-	[MSG_TCP_EOF] = { "core.tcp.eof", 0, f_empty, NULL },
-	[MSG_TCP_CLOSE] = { "core.tcp.close", 0, f_empty, NULL },
-	[MSG_TCP_CLOSED] = { "core.tcp.closed", FLAG_TERMINAL, f_empty, NULL },
-	[MSG_TCP_FAILED] = { "core.tcp.failed", FLAG_TERMINAL, G7(f_tcp_failed), NULL },
+	[MSG_UNKNOWN] = { "unknown", NULL, 0 },
+	[MSG_READY] = { "core.ready", f_ready, 0 },
+	[MSG_SHUTDOWN] = { "core.shutdown", NULL, FLAG_SHUTDOWN },
+	[MSG_EXEC_REQUEST] = { "core.exec.request", f_exec_request, FLAG_SESSION_START },
+	[MSG_EXEC_STARTED] = { "core.exec.started", f_exec_started, 0 },
+	[MSG_EXEC_STDIN] = { "core.exec.stdin", f_data, 0 },
+	[MSG_EXEC_STDOUT] = { "core.exec.stdout", f_data, 0 },
+	[MSG_EXEC_STDERR] = { "core.exec.stderr", f_data, 0 },
+	[MSG_EXEC_EXITED] = { "core.exec.exited", f_exec_exited, FLAG_TERMINAL },
+	[MSG_EXEC_RESIZE] = { "core.exec.resize", f_exec_resize, 0 },
+	[MSG_EXEC_SIGNAL] = { "core.exec.signal", f_exec_signal, 0 },
+	[MSG_FS_REQUEST] = { "core.fs.request", f_fs_request_seed, FLAG_SESSION_START },
+	[MSG_FS_RESPONSE] = { "core.fs.response", f_fs_response_seed, FLAG_TERMINAL },
+	[MSG_FS_DATA] = { "core.fs.data", f_data, 0 },
+	[MSG_BOOTSTRAP] = { "core.bootstrap", G7(f_bootstrap), 0 },
+	[MSG_INIT_RESOLVED] = { "core.init.resolved", G7(f_init_resolved), 0 },
+	[MSG_INIT_ACK] = { "core.init.ack", f_empty, 0 },
+	[MSG_RELAY_CLIENT_DISCONNECTED] = { "core.relay.client.disconnected", G7(f_relay_disconnected), 0 },
+	[MSG_CLOCK_SYNC] = { "core.clock.sync", G7(f_clock_sync), 0 },
+	[MSG_PING] = { "core.ping", f_empty, 0 },
+	[MSG_PONG] = { "core.pong", f_empty, FLAG_TERMINAL },
+	[MSG_TOUCH] = { "core.touch", f_empty, 0 },
+	[MSG_TOUCHED] = { "core.touched", G7(f_touched), FLAG_TERMINAL },
+	[MSG_ERROR] = { "core.error", G7(f_core_error), FLAG_TERMINAL },
+	[MSG_EXEC_STDIN_ERROR] = { "core.exec.stdin.error", G7(f_exec_stdin_error), 0 },
+	[MSG_EXEC_FAILED] = { "core.exec.failed", G7(f_exec_failed), FLAG_TERMINAL },
+	[MSG_TCP_CONNECT] = { "core.tcp.connect", G7(f_tcp_connect), FLAG_SESSION_START },
+	[MSG_TCP_CONNECTED] = { "core.tcp.connected", f_empty, 0 },
+	[MSG_TCP_DATA] = { "core.tcp.data", f_data, 0 },
+	[MSG_TCP_EOF] = { "core.tcp.eof", f_empty, 0 },
+	[MSG_TCP_CLOSE] = { "core.tcp.close", f_empty, 0 },
+	[MSG_TCP_CLOSED] = { "core.tcp.closed", f_empty, FLAG_TERMINAL },
+	[MSG_TCP_FAILED] = { "core.tcp.failed", G7(f_tcp_failed), FLAG_TERMINAL },
 };
 
 const char *msg_type_name(enum msg_type t)
@@ -1016,7 +1016,14 @@ static const struct field *msg_fields(enum msg_type t, uint8_t gen)
 {
 	const struct msg_desc *d = &msg_descs[(unsigned)t < MSG_TYPE_COUNT ? t : 0];
 
-	return gen >= 2 && d->fields_g7 ? d->fields_g7 : d->fields;
+#ifndef AGENTD_SEED_ONLY
+	/* the filesystem messages are the only ones whose schema changed */
+	if (gen >= 2 && t == MSG_FS_REQUEST)
+		return f_fs_request_g7;
+	if (gen >= 2 && t == MSG_FS_RESPONSE)
+		return f_fs_response_g7;
+#endif
+	return d->fields;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1835,6 +1842,7 @@ int rlimit_lookup(const char *name, bool icase)
 	return -1;
 }
 
+#ifndef AGENTD_SEED_ONLY  /* the agent never receives a bootstrap */
 /* "bootstrap: <what>[<i>]: <problem> "<value>"", index and value optional. */
 static int vfail(struct decode_error *err, const char *what, long i, const char *problem,
 		 const char *value)
@@ -1989,3 +1997,4 @@ int bootstrap_validate(const struct bootstrap *b, struct decode_error *err)
 		return -1;
 	return 0;
 }
+#endif
