@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 
@@ -196,6 +197,7 @@ struct modules {
 	char *cmdline;               /* /proc/cmdline, for name.param=value */
 	const char *loaded[MODULES_MAX];
 	unsigned nloaded;
+	bool trace;                  /* agentd.trace=1: time each module */
 };
 
 /* Module names compare with '-' and '_' as the same character. */
@@ -269,6 +271,7 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 	char path[PATH_MAX], params[512];
 	size_t nlen;
 	const char *name = module_name(rel, rlen, &nlen);
+	uint64_t t0;
 	int fd, flags = 0;
 
 	if (fmt(path, sizeof(path), "%s/%.*s", m->dir, (int)rlen, rel) >= (int)sizeof(path))
@@ -277,6 +280,7 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 	/* .ko.xz / .ko.zst / .ko.gz: the kernel decompresses (5.17+). */
 	if (rlen < 3 || memcmp(rel + rlen - 3, ".ko", 3) != 0)
 		flags = MODULE_INIT_COMPRESSED_FILE;
+	t0 = m->trace ? agent_clock_ns(CLOCK_BOOTTIME) : 0;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return cfg_fail(err, "module %s: %s", path, strerror(errno));
@@ -287,6 +291,9 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 		return cfg_fail(err, "load module %s: %s", path, strerror(e));
 	}
 	close(fd);
+	if (m->trace)
+		agent_log("boot module %.*s: %llu us", (int)nlen, name,
+			  (unsigned long long)(agent_clock_ns(CLOCK_BOOTTIME) - t0) / 1000);
 	return 0;
 }
 
@@ -424,6 +431,7 @@ static void load_modules(void)
 		return;
 	}
 	m.cmdline = read_file("/proc/cmdline", 65536, &len);
+	m.trace = m.cmdline && cfg_cmdline_has(m.cmdline, "agentd.trace=1");
 	block_root_fstype(fstype, sizeof(fstype));
 	fmt(names, sizeof(names), "%s%s", list ? list : default_modules, fstype);
 	while (p) {
@@ -728,7 +736,7 @@ static int net_apply(int fd, const struct net_cfg *c, struct cfg_err *err)
 	return 0;
 }
 
-static int network(struct cfg_err *err)
+static int network(struct agent *a, struct cfg_err *err)
 {
 	struct net_cfg c;
 	const char *net = env("MSB_NET");
@@ -737,6 +745,7 @@ static int network(struct cfg_err *err)
 	if (fd < 0)
 		return cfg_fail(err, "network socket: %s", strerror(errno));
 	r = loopback(fd, err);
+	init_trace(a, "loopback");
 	if (r == 0 && net) {
 		r = net_parse(net, &c, err);
 		if (r == 0)
@@ -841,6 +850,45 @@ static int make_run(struct cfg_err *err)
 	return 0;
 }
 
+/* ---- agentd.trace=1: the duration of each boot step ---- */
+
+/*
+ * With agentd.trace=1 on the kernel command line each step of the boot
+ * prints "boot step NAME: N us, at T us" on the console (T counts from the
+ * agent's start), so bench/ and a slow boot's console show where the time
+ * to ready goes.  The printing itself is left out of the step durations.
+ */
+void init_trace(struct agent *a, const char *step)
+{
+	uint64_t now;
+
+	if (!a->trace_ns)
+		return;
+	now = agent_clock_ns(CLOCK_BOOTTIME);
+	agent_log("boot step %s: %llu us, at %llu us", step,
+		  (unsigned long long)(now - a->trace_ns) / 1000,
+		  (unsigned long long)(now - a->boot_time_ns) / 1000);
+	a->trace_ns = agent_clock_ns(CLOCK_BOOTTIME);
+}
+
+/* The step's own result, passed through once it is traced. */
+static int traced(struct agent *a, const char *step, int r)
+{
+	init_trace(a, step);
+	return r;
+}
+
+/* /proc must be mounted: the switch is read from /proc/cmdline. */
+static void trace_start(struct agent *a)
+{
+	size_t len;
+	char *cmdline = read_file("/proc/cmdline", 65536, &len);
+
+	if (cmdline && cfg_cmdline_has(cmdline, "agentd.trace=1"))
+		a->trace_ns = a->boot_time_ns;
+	free(cmdline);
+}
+
 /* ---- the sequence ---- */
 
 static int init_steps(struct agent *a, struct cfg_err *err)
@@ -851,19 +899,23 @@ static int init_steps(struct agent *a, struct cfg_err *err)
 		return -1;
 	ensure_console_fds();
 	protect_from_oom();
+	trace_start(a);
+	init_trace(a, "mounts");
 	load_modules();
-	if (mount_runtime(a, err) < 0)
+	init_trace(a, "modules");
+	if (traced(a, "runtime", mount_runtime(a, err)) < 0)
 		return -1;
-	if ((v = env("MSB_BLOCK_ROOT")) && switch_root(a, v, err) < 0)
+	if ((v = env("MSB_BLOCK_ROOT")) && traced(a, "block_root", switch_root(a, v, err)) < 0)
 		return -1;
-	if ((v = env("MSB_MOUNTS")) && mount_volumes(v, err) < 0)
+	if ((v = env("MSB_MOUNTS")) && traced(a, "volumes", mount_volumes(v, err)) < 0)
 		return -1;
-	if (set_hostname(env("MSB_HOSTNAME"), err) < 0)
+	if (traced(a, "hostname", set_hostname(env("MSB_HOSTNAME"), err)) < 0)
 		return -1;
-	if ((v = env("MSB_TMPFS")) && mount_tmpfs(v, err) < 0)
+	if ((v = env("MSB_TMPFS")) && traced(a, "tmpfs", mount_tmpfs(v, err)) < 0)
 		return -1;
-	if (temp_dirs(err) < 0 || network(err) < 0 || install_ca(a, err) < 0 ||
-	    profile_block(err) < 0 || make_run(err) < 0)
+	if (traced(a, "tmp", temp_dirs(err)) < 0 || traced(a, "network", network(a, err)) < 0 ||
+	    traced(a, "ca", install_ca(a, err)) < 0 || traced(a, "profile", profile_block(err)) < 0 ||
+	    traced(a, "run", make_run(err)) < 0)
 		return -1;
 	return 0;
 }
