@@ -26,7 +26,7 @@ SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 # The agent speaks only the seed generation: leave the g7 codec tables out.
 # Link-time optimisation: one unit, unused code dropped across files.
 AGENT_DEFS = -DAGENTD_SEED_ONLY
-AGENT_LTO  = -flto
+AGENT_LTO  = -flto -flto-partition=one
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
 CTL_SRCS   = agentctl.c protocol.c

@@ -646,13 +646,19 @@ static int loopback(int fd, struct cfg_err *err)
 {
 	static const uint8_t v4[4] = { 127, 0, 0, 1 }, v6[16] = { [15] = 1 };
 	int idx = if_index(fd, "lo"), r;
+	struct nl_batch b;
 
 	if (idx < 0 || if_up(fd, "lo") < 0)
 		return cfg_fail(err, "loopback: %s", strerror(errno));
-	r = nl_add_addr(idx, AF_INET, v4, 8);
+	nl_batch_init(&b);
+	nl_batch_addr(&b, idx, AF_INET, v4, 8);
+	nl_batch_addr(&b, idx, AF_INET6, v6, 128);
+	if ((r = nl_batch_send(&b)) < 0)
+		return cfg_fail(err, "loopback addresses: %s", strerror(-r));
+	r = b.result[0];
 	if (r < 0 && r != -EEXIST)
 		return cfg_fail(err, "loopback 127.0.0.1/8: %s", strerror(-r));
-	r = nl_add_addr(idx, AF_INET6, v6, 128);
+	r = b.result[1];
 	/* A kernel without IPv6 has no ::1 to add. */
 	if (r < 0 && r != -EEXIST && r != -EAFNOSUPPORT)
 		return cfg_fail(err, "loopback ::1/128: %s", strerror(-r));
@@ -699,21 +705,28 @@ static int net_link(int fd, const struct cfg_net *n, int *idx, struct cfg_err *e
 	return 0;
 }
 
+/* Both families' addresses (or default routes) in one netlink batch. */
 static int net_addrs(int idx, const struct net_cfg *c, bool route, struct cfg_err *err)
 {
 	const struct cfg_ip *ips[2] = { c->has_v4 ? &c->v4 : NULL, c->has_v6 ? &c->v6 : NULL };
+	const char *what = route ? "default route" : "address";
+	struct nl_batch b;
+	unsigned k = 0;
+	int r;
 
+	nl_batch_init(&b);
 	for (int i = 0; i < 2; i++) {
-		const char *what = i ? "MSB_NET_IPV6" : "MSB_NET_IPV4";
-		int r;
-
-		if (!ips[i])
-			continue;
-		r = route ? nl_add_default_route(ips[i]->family, ips[i]->gw)
-			  : nl_add_addr(idx, ips[i]->family, ips[i]->addr, ips[i]->prefix);
-		if (r < 0)
-			return cfg_fail(err, "%s: add %s: %s", what, route ? "default route" : "address",
-				    strerror(-r));
+		if (ips[i] && route)
+			nl_batch_route(&b, ips[i]->family, ips[i]->gw);
+		else if (ips[i])
+			nl_batch_addr(&b, idx, ips[i]->family, ips[i]->addr, ips[i]->prefix);
+	}
+	if ((r = nl_batch_send(&b)) < 0)
+		return cfg_fail(err, "MSB_NET: add %s: %s", what, strerror(-r));
+	for (int i = 0; i < 2; i++) {
+		if (ips[i] && (r = b.result[k++]) < 0)
+			return cfg_fail(err, "%s: add %s: %s", i ? "MSB_NET_IPV6" : "MSB_NET_IPV4",
+				    what, strerror(-r));
 	}
 	return 0;
 }
