@@ -648,9 +648,10 @@ static int if_index(int fd, const char *name)
  * that is missing.  Neither check takes the rtnl lock: right after lo
  * comes up the kernel's own work holds it, and a request (even one that
  * ends in EEXIST) waits for it, about 10 ms of boot under TCG.
+ *
+ * fd is network()'s unbound UDP socket: bind succeeds only to an address
+ * the machine has, and the socket still serves the interface ioctls.
  */
-/* fd: network()'s unbound UDP socket; bind succeeds only to an address
- * the machine has (and the socket still serves the interface ioctls). */
 static bool lo_needs_v4(int fd)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET,
@@ -903,7 +904,8 @@ static int make_run(struct cfg_err *err)
  * With agentd.trace=1 on the kernel command line each step of the boot
  * prints "boot step NAME: N us, at T us" on the console (T counts from the
  * agent's start), so bench/ and a slow boot's console show where the time
- * to ready goes.  The printing itself is left out of the step durations.
+ * to ready goes.  A step's duration leaves out the printing of the line
+ * before it (the "boot module" lines are printed within the module step).
  */
 void init_trace(struct agent *a, const char *step)
 {
