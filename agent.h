@@ -69,6 +69,7 @@ struct agent {
 	struct timespec last_activity; /* CLOCK_REALTIME of last port read */
 
 	uint64_t boot_time_ns, init_time_ns, ready_time_ns;
+	uint64_t trace_ns;  /* agentd.trace=1: end of the last boot step; 0 = off */
 
 	struct session *sessions;      /* live exec sessions */
 	unsigned nsessions;
@@ -133,6 +134,8 @@ size_t heartbeat_format_time(char *buf, size_t n, const struct timespec *ts);
 /* ---- init.c: PID 1 duties ---- */
 /* Section 10 in order; on a fatal error prints and powers off (PID 1). */
 int init_run(struct agent *a);
+/* agentd.trace=1: print how long the boot step just done took. */
+void init_trace(struct agent *a, const char *step);
 void init_power_off(void) __attribute__((noreturn));
 
 #endif

@@ -1019,8 +1019,10 @@ int main(int argc, char **argv)
 			init_power_off();
 		return 1;
 	}
+	init_trace(a, "port");
 	clock_gettime(CLOCK_REALTIME, &a->last_activity);
 	send_ready(a);
+	init_trace(a, "ready");
 	heartbeat_write(a);
 	timer_arm(a->hb_timer_fd, a->heartbeat_interval * 1000,
 		  a->heartbeat_interval * 1000);

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 
@@ -216,6 +217,7 @@ struct modules {
 	char *cmdline;               /* /proc/cmdline, for name.param=value */
 	const char *loaded[MODULES_MAX];
 	unsigned nloaded;
+	bool trace;                  /* agentd.trace=1: time each module */
 };
 
 /* Module names compare with '-' and '_' as the same character. */
@@ -289,6 +291,7 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 	char path[PATH_MAX], params[512];
 	size_t nlen;
 	const char *name = module_name(rel, rlen, &nlen);
+	uint64_t t0;
 	int fd, flags = 0;
 
 	if (fmt(path, sizeof(path), "%s/%.*s", m->dir, (int)rlen, rel) >= (int)sizeof(path))
@@ -297,6 +300,7 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 	/* .ko.xz / .ko.zst / .ko.gz: the kernel decompresses (5.17+). */
 	if (rlen < 3 || memcmp(rel + rlen - 3, ".ko", 3) != 0)
 		flags = MODULE_INIT_COMPRESSED_FILE;
+	t0 = m->trace ? agent_clock_ns(CLOCK_BOOTTIME) : 0;
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return cfg_fail(err, "module %s: %s", path, strerror(errno));
@@ -307,6 +311,9 @@ static int finit_module_path(struct modules *m, const char *rel, size_t rlen,
 		return cfg_fail(err, "load module %s: %s", path, strerror(e));
 	}
 	close(fd);
+	if (m->trace)
+		agent_log("boot module %.*s: %llu us", (int)nlen, name,
+			  (unsigned long long)(agent_clock_ns(CLOCK_BOOTTIME) - t0) / 1000);
 	return 0;
 }
 
@@ -444,6 +451,7 @@ static void load_modules(void)
 		return;
 	}
 	m.cmdline = read_file("/proc/cmdline", 65536, &len);
+	m.trace = m.cmdline && cfg_cmdline_has(m.cmdline, "agentd.trace=1");
 	block_root_fstype(fstype, sizeof(fstype));
 	fmt(names, sizeof(names), "%s%s", list ? list : default_modules, fstype);
 	while (p) {
@@ -674,17 +682,58 @@ static int if_index(int fd, const char *name)
 	return ioctl(fd, SIOCGIFINDEX, &ifr) < 0 ? -1 : ifr.ifr_ifindex;
 }
 
+/*
+ * The kernel assigns 127.0.0.1/8 and ::1/128 itself when lo comes up, so
+ * the netlink requests in loopback() are only a fallback for an address
+ * that is missing.  Neither check takes the rtnl lock: right after lo
+ * comes up the kernel's own work holds it, and a request (even one that
+ * ends in EEXIST) waits for it, about 10 ms of boot under TCG.
+ *
+ * fd is network()'s unbound UDP socket: bind succeeds only to an address
+ * the machine has, and the socket still serves the interface ioctls.
+ */
+static bool lo_needs_v4(int fd)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	return bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0;
+}
+
+/* Without /proc/net/if_inet6 the kernel has no IPv6: nothing to add. */
+static bool lo_needs_v6(void)
+{
+	size_t len;
+	char *list = read_file("/proc/net/if_inet6", 65536, &len);
+	bool needs = list ? !memmem(list, len, "00000000000000000000000000000001 ", 33)
+			  : errno != ENOENT;
+
+	free(list);
+	return needs;
+}
+
 static int loopback(int fd, struct cfg_err *err)
 {
 	static const uint8_t v4[4] = { 127, 0, 0, 1 }, v6[16] = { [15] = 1 };
-	int idx = if_index(fd, "lo"), r;
+	int idx = if_index(fd, "lo"), r, k = 0;
+	bool add4, add6;
+	struct nl_batch b;
 
 	if (idx < 0 || if_up(fd, "lo") < 0)
 		return cfg_fail(err, "loopback: %s", strerror(errno));
-	r = nl_add_addr(idx, AF_INET, v4, 8);
+	add4 = lo_needs_v4(fd);
+	add6 = lo_needs_v6();
+	nl_batch_init(&b);
+	if (add4)
+		nl_batch_addr(&b, idx, AF_INET, v4, 8);
+	if (add6)
+		nl_batch_addr(&b, idx, AF_INET6, v6, 128);
+	if ((r = nl_batch_send(&b)) < 0)
+		return cfg_fail(err, "loopback addresses: %s", strerror(-r));
+	r = add4 ? b.result[k++] : 0;
 	if (r < 0 && r != -EEXIST)
 		return cfg_fail(err, "loopback 127.0.0.1/8: %s", strerror(-r));
-	r = nl_add_addr(idx, AF_INET6, v6, 128);
+	r = add6 ? b.result[k] : 0;
 	/* A kernel without IPv6 has no ::1 to add. */
 	if (r < 0 && r != -EEXIST && r != -EAFNOSUPPORT)
 		return cfg_fail(err, "loopback ::1/128: %s", strerror(-r));
@@ -731,21 +780,28 @@ static int net_link(int fd, const struct cfg_net *n, int *idx, struct cfg_err *e
 	return 0;
 }
 
+/* Both families' addresses (or default routes) in one netlink batch. */
 static int net_addrs(int idx, const struct net_cfg *c, bool route, struct cfg_err *err)
 {
 	const struct cfg_ip *ips[2] = { c->has_v4 ? &c->v4 : NULL, c->has_v6 ? &c->v6 : NULL };
+	const char *what = route ? "default route" : "address";
+	struct nl_batch b;
+	unsigned k = 0;
+	int r;
 
+	nl_batch_init(&b);
 	for (int i = 0; i < 2; i++) {
-		const char *what = i ? "MSB_NET_IPV6" : "MSB_NET_IPV4";
-		int r;
-
-		if (!ips[i])
-			continue;
-		r = route ? nl_add_default_route(ips[i]->family, ips[i]->gw)
-			  : nl_add_addr(idx, ips[i]->family, ips[i]->addr, ips[i]->prefix);
-		if (r < 0)
-			return cfg_fail(err, "%s: add %s: %s", what, route ? "default route" : "address",
-				    strerror(-r));
+		if (ips[i] && route)
+			nl_batch_route(&b, ips[i]->family, ips[i]->gw);
+		else if (ips[i])
+			nl_batch_addr(&b, idx, ips[i]->family, ips[i]->addr, ips[i]->prefix);
+	}
+	if ((r = nl_batch_send(&b)) < 0)
+		return cfg_fail(err, "MSB_NET: add %s: %s", what, strerror(-r));
+	for (int i = 0; i < 2; i++) {
+		if (ips[i] && (r = b.result[k++]) < 0)
+			return cfg_fail(err, "%s: add %s: %s", i ? "MSB_NET_IPV6" : "MSB_NET_IPV4",
+				    what, strerror(-r));
 	}
 	return 0;
 }
@@ -768,7 +824,7 @@ static int net_apply(int fd, const struct net_cfg *c, struct cfg_err *err)
 	return 0;
 }
 
-static int network(struct cfg_err *err)
+static int network(struct agent *a, struct cfg_err *err)
 {
 	struct net_cfg c;
 	const char *net = env("MSB_NET");
@@ -777,6 +833,7 @@ static int network(struct cfg_err *err)
 	if (fd < 0)
 		return cfg_fail(err, "network socket: %s", strerror(errno));
 	r = loopback(fd, err);
+	init_trace(a, "loopback");
 	if (r == 0 && net) {
 		r = net_parse(net, &c, err);
 		if (r == 0)
@@ -896,6 +953,46 @@ static int make_run(struct cfg_err *err)
 	return 0;
 }
 
+/* ---- agentd.trace=1: the duration of each boot step ---- */
+
+/*
+ * With agentd.trace=1 on the kernel command line each step of the boot
+ * prints "boot step NAME: N us, at T us" on the console (T counts from the
+ * agent's start), so bench/ and a slow boot's console show where the time
+ * to ready goes.  A step's duration leaves out the printing of the line
+ * before it (the "boot module" lines are printed within the module step).
+ */
+void init_trace(struct agent *a, const char *step)
+{
+	uint64_t now;
+
+	if (!a->trace_ns)
+		return;
+	now = agent_clock_ns(CLOCK_BOOTTIME);
+	agent_log("boot step %s: %llu us, at %llu us", step,
+		  (unsigned long long)(now - a->trace_ns) / 1000,
+		  (unsigned long long)(now - a->boot_time_ns) / 1000);
+	a->trace_ns = agent_clock_ns(CLOCK_BOOTTIME);
+}
+
+/* The step's own result, passed through once it is traced. */
+static int traced(struct agent *a, const char *step, int r)
+{
+	init_trace(a, step);
+	return r;
+}
+
+/* /proc must be mounted: the switch is read from /proc/cmdline. */
+static void trace_start(struct agent *a)
+{
+	size_t len;
+	char *cmdline = read_file("/proc/cmdline", 65536, &len);
+
+	if (cmdline && cfg_cmdline_has(cmdline, "agentd.trace=1"))
+		a->trace_ns = a->boot_time_ns;
+	free(cmdline);
+}
+
 /* ---- the sequence ---- */
 
 static int init_steps(struct agent *a, struct cfg_err *err)
@@ -906,19 +1003,23 @@ static int init_steps(struct agent *a, struct cfg_err *err)
 		return -1;
 	ensure_console_fds();
 	protect_from_oom();
+	trace_start(a);
+	init_trace(a, "mounts");
 	load_modules();
-	if (mount_runtime(a, err) < 0)
+	init_trace(a, "modules");
+	if (traced(a, "runtime", mount_runtime(a, err)) < 0)
 		return -1;
-	if ((v = env("MSB_BLOCK_ROOT")) && switch_root(a, v, err) < 0)
+	if ((v = env("MSB_BLOCK_ROOT")) && traced(a, "block_root", switch_root(a, v, err)) < 0)
 		return -1;
-	if ((v = env("MSB_MOUNTS")) && mount_volumes(v, err) < 0)
+	if ((v = env("MSB_MOUNTS")) && traced(a, "volumes", mount_volumes(v, err)) < 0)
 		return -1;
-	if (set_hostname(env("MSB_HOSTNAME"), err) < 0)
+	if (traced(a, "hostname", set_hostname(env("MSB_HOSTNAME"), err)) < 0)
 		return -1;
-	if ((v = env("MSB_TMPFS")) && mount_tmpfs(v, err) < 0)
+	if ((v = env("MSB_TMPFS")) && traced(a, "tmpfs", mount_tmpfs(v, err)) < 0)
 		return -1;
-	if (temp_dirs(err) < 0 || network(err) < 0 || install_ca(a, err) < 0 ||
-	    profile_block(err) < 0 || make_run(err) < 0)
+	if (traced(a, "tmp", temp_dirs(err)) < 0 || traced(a, "network", network(a, err)) < 0 ||
+	    traced(a, "ca", install_ca(a, err)) < 0 || traced(a, "profile", profile_block(err)) < 0 ||
+	    traced(a, "run", make_run(err)) < 0)
 		return -1;
 	return 0;
 }

@@ -573,6 +573,14 @@ static const struct field f_fs_response_seed[] = {
 	{ 0 }
 };
 
+/*
+ * The agent speaks only the seed generation (its build defines
+ * AGENTD_SEED_ONLY): the generation 7 tables below and the field kinds
+ * only they use stay out of its binary.  agentctl, the unit tests and the
+ * fuzzers keep the whole codec.
+ */
+#ifndef AGENTD_SEED_ONLY
+
 /* ---- generation 7 filesystem schemas (SPEC 12.5) ---- */
 
 static const struct field f_set_attrs[] = {
@@ -934,48 +942,56 @@ static const struct field f_tcp_failed[] = {
 	{ 0 }
 };
 
+#endif /* AGENTD_SEED_ONLY */
+
 static const struct field f_empty[] = { { 0 } };
+
+#ifdef AGENTD_SEED_ONLY
+#define G7(table) NULL
+#else
+#define G7(table) table
+#endif
 
 struct msg_desc {
 	const char *name;
+	const struct field *fields;
 	uint8_t flags;
-	const struct field *fields, *fields_g7;  /* fields_g7 NULL = same */
 };
 
 static const struct msg_desc msg_descs[MSG_TYPE_COUNT] = {
-	[MSG_UNKNOWN] = { "unknown", 0, NULL, NULL },
-	[MSG_READY] = { "core.ready", 0, f_ready, NULL },
-	[MSG_SHUTDOWN] = { "core.shutdown", FLAG_SHUTDOWN, NULL, NULL },
-	[MSG_EXEC_REQUEST] = { "core.exec.request", FLAG_SESSION_START, f_exec_request, NULL },
-	[MSG_EXEC_STARTED] = { "core.exec.started", 0, f_exec_started, NULL },
-	[MSG_EXEC_STDIN] = { "core.exec.stdin", 0, f_data, NULL },
-	[MSG_EXEC_STDOUT] = { "core.exec.stdout", 0, f_data, NULL },
-	[MSG_EXEC_STDERR] = { "core.exec.stderr", 0, f_data, NULL },
-	[MSG_EXEC_EXITED] = { "core.exec.exited", FLAG_TERMINAL, f_exec_exited, NULL },
-	[MSG_EXEC_RESIZE] = { "core.exec.resize", 0, f_exec_resize, NULL },
-	[MSG_EXEC_SIGNAL] = { "core.exec.signal", 0, f_exec_signal, NULL },
-	[MSG_FS_REQUEST] = { "core.fs.request", FLAG_SESSION_START, f_fs_request_seed, f_fs_request_g7 },
-	[MSG_FS_RESPONSE] = { "core.fs.response", FLAG_TERMINAL, f_fs_response_seed, f_fs_response_g7 },
-	[MSG_FS_DATA] = { "core.fs.data", 0, f_data, NULL },
-	[MSG_BOOTSTRAP] = { "core.bootstrap", 0, f_bootstrap, NULL },
-	[MSG_INIT_RESOLVED] = { "core.init.resolved", 0, f_init_resolved, NULL },
-	[MSG_INIT_ACK] = { "core.init.ack", 0, f_empty, NULL },
-	[MSG_RELAY_CLIENT_DISCONNECTED] = { "core.relay.client.disconnected", 0, f_relay_disconnected, NULL },
-	[MSG_CLOCK_SYNC] = { "core.clock.sync", 0, f_clock_sync, NULL },
-	[MSG_PING] = { "core.ping", 0, f_empty, NULL },
-	[MSG_PONG] = { "core.pong", FLAG_TERMINAL, f_empty, NULL },
-	[MSG_TOUCH] = { "core.touch", 0, f_empty, NULL },
-	[MSG_TOUCHED] = { "core.touched", FLAG_TERMINAL, f_touched, NULL },
-	[MSG_ERROR] = { "core.error", FLAG_TERMINAL, f_core_error, NULL },
-	[MSG_EXEC_STDIN_ERROR] = { "core.exec.stdin.error", 0, f_exec_stdin_error, NULL },
-	[MSG_EXEC_FAILED] = { "core.exec.failed", FLAG_TERMINAL, f_exec_failed, NULL },
-	[MSG_TCP_CONNECT] = { "core.tcp.connect", FLAG_SESSION_START, f_tcp_connect, NULL },
-	[MSG_TCP_CONNECTED] = { "core.tcp.connected", 0, f_empty, NULL },
-	[MSG_TCP_DATA] = { "core.tcp.data", 0, f_data, NULL },
-	[MSG_TCP_EOF] = { "core.tcp.eof", 0, f_empty, NULL },
-	[MSG_TCP_CLOSE] = { "core.tcp.close", 0, f_empty, NULL },
-	[MSG_TCP_CLOSED] = { "core.tcp.closed", FLAG_TERMINAL, f_empty, NULL },
-	[MSG_TCP_FAILED] = { "core.tcp.failed", FLAG_TERMINAL, f_tcp_failed, NULL },
+	[MSG_UNKNOWN] = { "unknown", NULL, 0 },
+	[MSG_READY] = { "core.ready", f_ready, 0 },
+	[MSG_SHUTDOWN] = { "core.shutdown", NULL, FLAG_SHUTDOWN },
+	[MSG_EXEC_REQUEST] = { "core.exec.request", f_exec_request, FLAG_SESSION_START },
+	[MSG_EXEC_STARTED] = { "core.exec.started", f_exec_started, 0 },
+	[MSG_EXEC_STDIN] = { "core.exec.stdin", f_data, 0 },
+	[MSG_EXEC_STDOUT] = { "core.exec.stdout", f_data, 0 },
+	[MSG_EXEC_STDERR] = { "core.exec.stderr", f_data, 0 },
+	[MSG_EXEC_EXITED] = { "core.exec.exited", f_exec_exited, FLAG_TERMINAL },
+	[MSG_EXEC_RESIZE] = { "core.exec.resize", f_exec_resize, 0 },
+	[MSG_EXEC_SIGNAL] = { "core.exec.signal", f_exec_signal, 0 },
+	[MSG_FS_REQUEST] = { "core.fs.request", f_fs_request_seed, FLAG_SESSION_START },
+	[MSG_FS_RESPONSE] = { "core.fs.response", f_fs_response_seed, FLAG_TERMINAL },
+	[MSG_FS_DATA] = { "core.fs.data", f_data, 0 },
+	[MSG_BOOTSTRAP] = { "core.bootstrap", G7(f_bootstrap), 0 },
+	[MSG_INIT_RESOLVED] = { "core.init.resolved", G7(f_init_resolved), 0 },
+	[MSG_INIT_ACK] = { "core.init.ack", f_empty, 0 },
+	[MSG_RELAY_CLIENT_DISCONNECTED] = { "core.relay.client.disconnected", G7(f_relay_disconnected), 0 },
+	[MSG_CLOCK_SYNC] = { "core.clock.sync", G7(f_clock_sync), 0 },
+	[MSG_PING] = { "core.ping", f_empty, 0 },
+	[MSG_PONG] = { "core.pong", f_empty, FLAG_TERMINAL },
+	[MSG_TOUCH] = { "core.touch", f_empty, 0 },
+	[MSG_TOUCHED] = { "core.touched", G7(f_touched), FLAG_TERMINAL },
+	[MSG_ERROR] = { "core.error", G7(f_core_error), FLAG_TERMINAL },
+	[MSG_EXEC_STDIN_ERROR] = { "core.exec.stdin.error", G7(f_exec_stdin_error), 0 },
+	[MSG_EXEC_FAILED] = { "core.exec.failed", G7(f_exec_failed), FLAG_TERMINAL },
+	[MSG_TCP_CONNECT] = { "core.tcp.connect", G7(f_tcp_connect), FLAG_SESSION_START },
+	[MSG_TCP_CONNECTED] = { "core.tcp.connected", f_empty, 0 },
+	[MSG_TCP_DATA] = { "core.tcp.data", f_data, 0 },
+	[MSG_TCP_EOF] = { "core.tcp.eof", f_empty, 0 },
+	[MSG_TCP_CLOSE] = { "core.tcp.close", f_empty, 0 },
+	[MSG_TCP_CLOSED] = { "core.tcp.closed", f_empty, FLAG_TERMINAL },
+	[MSG_TCP_FAILED] = { "core.tcp.failed", G7(f_tcp_failed), FLAG_TERMINAL },
 };
 
 const char *msg_type_name(enum msg_type t)
@@ -1000,7 +1016,14 @@ static const struct field *msg_fields(enum msg_type t, uint8_t gen)
 {
 	const struct msg_desc *d = &msg_descs[(unsigned)t < MSG_TYPE_COUNT ? t : 0];
 
-	return gen >= 2 && d->fields_g7 ? d->fields_g7 : d->fields;
+#ifndef AGENTD_SEED_ONLY
+	/* the filesystem messages are the only ones whose schema changed */
+	if (gen >= 2 && t == MSG_FS_REQUEST)
+		return f_fs_request_g7;
+	if (gen >= 2 && t == MSG_FS_RESPONSE)
+		return f_fs_response_g7;
+#endif
+	return d->fields;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1226,14 +1249,6 @@ static int decode_array(struct cbor_in *in, const struct field *f, char *base)
 	return 0;
 }
 
-static int lookup_name(const char *const *names, struct slice s)
-{
-	for (int i = 0; names[i]; i++)
-		if (slice_is(s, names[i]))
-			return i;
-	return -1;
-}
-
 static const struct variant *lookup_variant(struct cbor_in *in, const struct variant *v,
 					    struct slice s)
 {
@@ -1242,20 +1257,6 @@ static const struct variant *lookup_variant(struct cbor_in *in, const struct var
 			return v;
 	dfail(in, "unknown variant");
 	return NULL;
-}
-
-static int decode_enum(struct cbor_in *in, const struct field *f, char *base)
-{
-	struct head h;
-	struct slice s;
-	int i;
-
-	if (get_typed(in, &h, 3, "expected text") || read_str(in, &h, &s))
-		return -1;
-	if ((i = lookup_name(f->sub, s)) < 0)
-		return dfail(in, "unknown variant");
-	*(int *)(base + f->off) = i;
-	return 0;
 }
 
 /* {"Variant": content}: a definite map with exactly one entry. */
@@ -1275,6 +1276,29 @@ static int decode_etag(struct cbor_in *in, const struct field *f, char *base)
 	if (decode_value(in, &v->content, base))
 		return -1;
 	in->depth--;
+	return 0;
+}
+
+#ifndef AGENTD_SEED_ONLY
+static int lookup_name(const char *const *names, struct slice s)
+{
+	for (int i = 0; names[i]; i++)
+		if (slice_is(s, names[i]))
+			return i;
+	return -1;
+}
+
+static int decode_enum(struct cbor_in *in, const struct field *f, char *base)
+{
+	struct head h;
+	struct slice s;
+	int i;
+
+	if (get_typed(in, &h, 3, "expected text") || read_str(in, &h, &s))
+		return -1;
+	if ((i = lookup_name(f->sub, s)) < 0)
+		return dfail(in, "unknown variant");
+	*(int *)(base + f->off) = i;
 	return 0;
 }
 
@@ -1316,11 +1340,11 @@ static int decode_itag(struct cbor_in *in, const struct field *f, char *base)
 	*(int *)(base + f->off) = v->value;
 	return decode_map(in, &h, v->content.sub, base, true);
 }
+#endif
 
 static int decode_value(struct cbor_in *in, const struct field *f, char *base)
 {
 	void *dst = base + f->off;
-	struct slice s;
 	struct head h;
 	int r = take_null(in);
 
@@ -1342,21 +1366,26 @@ static int decode_value(struct cbor_in *in, const struct field *f, char *base)
 		return get_typed(in, &h, 3, "expected text") || read_str(in, &h, dst) ? -1 : 0;
 	case K_BYTES:
 		return decode_bytes(in, dst, 0, NULL);
-	case K_FIXED:
+#ifndef AGENTD_SEED_ONLY
+	case K_FIXED: {
+		struct slice s;
+
 		return decode_bytes(in, &s, f->arg, dst);
+	}
+	case K_ENUM:
+		return decode_enum(in, f, base);
+	case K_ITAG:
+		return decode_itag(in, f, base);
+#endif
 	case K_TEXTS:
 	case K_ARRAY:
 		return decode_array(in, f, base);
 	case K_STRUCT:
 		return decode_struct(in, f->sub, dst);
-	case K_ENUM:
-		return decode_enum(in, f, base);
 	case K_ETAG:
 		return decode_etag(in, f, base);
-	case K_ITAG:
-		return decode_itag(in, f, base);
 	default:
-		return decode_int(in, f->kind, dst);
+		return f->kind <= K_I64 ? decode_int(in, f->kind, dst) : dfail(in, "unsupported field");
 	}
 }
 
@@ -1436,6 +1465,18 @@ static bool omitted(const struct field *f, const char *base)
 	return !present(f, base);
 }
 
+#ifndef AGENTD_SEED_ONLY
+/* The name of value i, or NULL (encoded as "") past the end. */
+static const char *enum_name(const char *const *names, int i)
+{
+	int k;
+
+	for (k = 0; names[k] && k != i; k++)
+		;
+	return names[k];
+}
+#endif
+
 static const struct variant *variant_of(const struct variant *v, int value)
 {
 	for (; v->name; v++)
@@ -1479,8 +1520,6 @@ static void encode_value(struct cbor_out *o, const struct field *f, const char *
 	const void *p = base + f->off;
 	const struct variant *v;
 	const struct slice *s = p;
-	const char *const *names = f->sub;
-	int i;
 
 	if ((f->flags & F_NULL) && !present(f, base)) {
 		cbor_put_null(o);
@@ -1499,11 +1538,6 @@ static void encode_value(struct cbor_out *o, const struct field *f, const char *
 	case K_BYTES:
 		cbor_put_bytes(o, s->p, s->n);
 		break;
-	case K_FIXED:
-		cbor_put_array(o, f->arg);
-		for (i = 0; i < f->arg; i++)
-			cbor_put_uint(o, ((const uint8_t *)p)[i]);
-		break;
 	case K_TEXTS:
 	case K_ARRAY:
 		encode_array(o, f, base);
@@ -1511,23 +1545,31 @@ static void encode_value(struct cbor_out *o, const struct field *f, const char *
 	case K_STRUCT:
 		encode_fields(o, f->sub, p, NULL);
 		break;
-	case K_ENUM:
-		for (i = 0; names[i] && i != *(const int *)p; i++)
-			;
-		cbor_put_str(o, names[i]);
-		break;
 	case K_ETAG:
-	case K_ITAG:
 		if (!(v = variant_of(f->sub, *(const int *)p))) {
 			cbor_put_null(o);
-		} else if (f->kind == K_ITAG) {
-			encode_fields(o, v->content.sub, base, v->name);
 		} else {
 			cbor_put_map(o, 1);
 			cbor_put_str(o, v->name);
 			encode_value(o, &v->content, base);
 		}
 		break;
+#ifndef AGENTD_SEED_ONLY
+	case K_FIXED:
+		cbor_put_array(o, f->arg);
+		for (int i = 0; i < f->arg; i++)
+			cbor_put_uint(o, ((const uint8_t *)p)[i]);
+		break;
+	case K_ENUM:
+		cbor_put_str(o, enum_name(f->sub, *(const int *)p));
+		break;
+	case K_ITAG:
+		if (!(v = variant_of(f->sub, *(const int *)p)))
+			cbor_put_null(o);
+		else
+			encode_fields(o, v->content.sub, base, v->name);
+		break;
+#endif
 	default:
 		encode_int(o, f->kind, p);
 	}
@@ -1800,6 +1842,7 @@ int rlimit_lookup(const char *name, bool icase)
 	return -1;
 }
 
+#ifndef AGENTD_SEED_ONLY  /* the agent never receives a bootstrap */
 /* "bootstrap: <what>[<i>]: <problem> "<value>"", index and value optional. */
 static int vfail(struct decode_error *err, const char *what, long i, const char *problem,
 		 const char *value)
@@ -1954,3 +1997,4 @@ int bootstrap_validate(const struct bootstrap *b, struct decode_error *err)
 		return -1;
 	return 0;
 }
+#endif

@@ -109,6 +109,19 @@ def exec_rtt(a, n):
 	return out
 
 
+def guest_spawn(a, n):
+	"""The guest kernel's own cost of starting and reaping `true`, with no
+	agent in between: bench/spawnbench run inside the guest (seconds per
+	start + wait, median of n, for fork, vfork and posix_spawn)."""
+	r = a.run("/bin/spawnbench", str(n), "true", timeout=600)
+	if r.code != 0:
+		raise RuntimeError("spawnbench exited %r: %r" % (r.code, r.stderr))
+	out = {}
+	for m in re.finditer(r"spawnbench (\w+) n=\d+ median_us=([0-9.]+)", r.stdout.decode()):
+		out["guest_%s_s" % m.group(1)] = float(m.group(2)) / 1e6
+	return out
+
+
 def stdout_throughput(a, nbytes):
 	"""Bytes/s of `dd if=/dev/zero bs=64k` through core.exec.stdout.  dd
 	writes whole 64 KiB blocks (busybox `head -c` writes 4 KiB at a time,
@@ -409,11 +422,24 @@ def write_script(path, text):
 	return path
 
 
+def build_spawnbench(work):
+	"""bench/spawnbench.c as a static binary for the guest, or None."""
+	out = os.path.join(work, "spawnbench")
+	cc = os.environ.get("MUSL_CC", "musl-gcc")
+	r = subprocess.run([cc, "-std=gnu11", "-Os", "-static", "-o", out,
+			    os.path.join(HERE, "spawnbench.c")], capture_output=True, text=True)
+	if r.returncode != 0:
+		log("spawnbench not built (%s): no guest spawn baseline" % r.stderr.strip()[-200:])
+		return None
+	return out
+
+
 class Images:
 	"""The initramfs images: identical contents except /init."""
 
 	def __init__(self, o, agentd, peer, work):
 		kver = kernel_version()
+		self.spawnbench = build_spawnbench(work)
 		mods = " ".join(module_load_order(kver, MODULES))
 		head = HELPER_HEAD % {"modules": mods}
 		self.work = work
@@ -427,6 +453,8 @@ class Images:
 			  "%s=/bin/ours-init" % s_ours, "%s=/bin/raw-init" % s_raw]
 		if peer:
 			common.append("%s=/bin/peer-agentd" % peer)
+		if self.spawnbench:
+			common.append("%s=/bin/spawnbench" % self.spawnbench)
 		self.paths = {}
 		for kind, init in (("ours", agentd), ("peer", s_peer),
 				   ("ours-helper", s_ours), ("raw", s_raw)):
@@ -445,13 +473,13 @@ def accept(vm, timeout):
 	return conn
 
 
-def boot(kind, images, timeout=180):
+def boot(kind, images, timeout=180, cmdline=""):
 	"""Start a VM of the given kind; return (vm, agent) once ready."""
 	rt = tempfile.mkdtemp(prefix="agentd-bench-rt-")
 	# Behind the helper, the modules are already loaded: MSB_MODULES names
 	# none, so our agent does exactly the work the peer does.
 	env = {"MSB_MODULES": "none"} if kind == "ours-helper" else None
-	vm = vmlib.VM(images.paths[kind], runtime_dir=rt, env=env)
+	vm = vmlib.VM(images.paths[kind], runtime_dir=rt, env=env, cmdline=cmdline)
 	vm.bench_rt = rt
 	vm.start()
 	try:
@@ -509,6 +537,8 @@ def vm_agent_run(kind, images, o):
 	try:
 		r = ready_times(vm)
 		r["exec_rtt_median_s"] = statistics.median(exec_rtt(a, o.vm_execs))
+		if kind == "ours" and images.spawnbench:
+			r.update(guest_spawn(a, o.vm_execs))
 		r["stdout_Bps"] = stdout_throughput(a, o.vm_stdout)
 		r["stdin_Bps"] = stdin_throughput(a, o.vm_stdin)
 		r.update(guest_status(a))
@@ -517,6 +547,34 @@ def vm_agent_run(kind, images, o):
 		stop(vm)
 		raise
 	stop(vm, a)
+	return r
+
+
+BOOT_STEP_RE = re.compile(r"agentd: boot (step|module) ([\w.-]+): (\d+) us")
+
+
+def parse_boot_trace(console):
+	"""The agentd.trace=1 lines of a console: {"step NAME": s, "module NAME": s},
+	in the order the boot printed them (dicts keep insertion order)."""
+	out = {}
+	for m in BOOT_STEP_RE.finditer(console):
+		out["%s %s" % (m.group(1), m.group(2))] = int(m.group(3)) / 1e6
+	return out
+
+
+def vm_trace_boot(images):
+	"""One boot of ours with agentd.trace=1: the duration of each boot step.
+	A boot of its own: printing the steps on the serial console would slow
+	the boots whose start to ready is measured."""
+	vm, a = boot("ours", images, cmdline="agentd.trace=1")
+	try:
+		deadline = time.monotonic() + 10
+		while "boot step ready" not in vm.console() and time.monotonic() < deadline:
+			time.sleep(0.05)
+		r = {"steps": parse_boot_trace(vm.console())}
+		r.update(ready_times(vm))
+	finally:
+		stop(vm, a)
 	return r
 
 
@@ -583,7 +641,7 @@ def vm_mode(agentd, peer, o):
 	work = tempfile.mkdtemp(prefix="agentd-bench-img-")
 	try:
 		images = Images(o, agentd, peer, work)
-		runs = {"ours": [], "peer": [], "raw": [], "ours-helper": []}
+		runs = {"ours": [], "peer": [], "raw": [], "ours-helper": [], "trace": []}
 		for i in range(o.boots):
 			# A B A B ...: ours then the peer, then the bare port.
 			log("vm round %d/%d: ours" % (i + 1, o.boots))
@@ -597,6 +655,9 @@ def vm_mode(agentd, peer, o):
 				log("vm round %d/%d: ours behind the peer's helper /init"
 				    % (i + 1, o.boots))
 				runs["ours-helper"].append(vm_ready_only("ours-helper", images))
+		for i in range(o.trace_boots):
+			log("vm trace boot %d/%d: ours with agentd.trace=1" % (i + 1, o.trace_boots))
+			runs["trace"].append(vm_trace_boot(images))
 		return runs
 	finally:
 		shutil.rmtree(work, ignore_errors=True)
@@ -659,6 +720,8 @@ def build_table(host, vm, sizes, o):
 		rows.append(r)
 
 	row("binary size", "bytes", sizes["ours"], sizes.get("peer"), "low", 0.05)
+	for arch, size in sorted(sizes.get("ours_arch", {}).items()):
+		row("binary size, %s" % arch, "bytes", size)
 	if vm:
 		ours, peer, raw = vm["ours"], vm["peer"], vm["raw"]
 		for key, label, unit, scale, better, target, rawkey in VM_ROWS:
@@ -676,6 +739,8 @@ def build_table(host, vm, sizes, o):
 			row("VM wall to ready, both behind helper /init", "s",
 			    med(vm["ours-helper"], "wall_to_ready_s"),
 			    med(peer, "wall_to_ready_s"), "low", None, None, 1)
+		spawn_rows(row, ours)
+		trace_rows(row, vm.get("trace", []))
 		row("VM raw port guest->host", "MB/s", med(raw, "g2h_Bps"), scale=1e-6)
 		row("VM raw port host->guest", "MB/s", med(raw, "h2g_Bps"), scale=1e-6)
 		row("VM raw port guest->host, one pipe hop", "MB/s",
@@ -704,6 +769,34 @@ def build_table(host, vm, sizes, o):
 			if key + "_hwm_kb" in host:
 				row("host agent VmHWM, %s" % name, "kB", host[key + "_hwm_kb"])
 	return rows
+
+
+def spawn_rows(row, ours):
+	"""The guest's own spawn + reap of `true` beside the agent's exec round
+	trip, and what is left of the round trip for the agent and the port."""
+	rtt = med(ours, "exec_rtt_median_s")
+	fastest = None
+	for m in ("fork", "vfork", "posix_spawn"):
+		v = med(ours, "guest_%s_s" % m)
+		if v is not None:
+			row("VM guest %s+exec+wait `true`, no agent (median)" % m, "ms", v, scale=1e3)
+			fastest = v if fastest is None else min(fastest, v)
+	if rtt is not None and fastest is not None:
+		row("VM exec RTT `true` minus the guest's fastest spawn", "ms",
+		    rtt - fastest, scale=1e3)
+
+
+def trace_rows(row, runs):
+	"""One row per boot step (and per module) of the agentd.trace=1 boots."""
+	names = []
+	for r in runs:
+		names += [k for k in r["steps"] if k not in names]
+	for k in names:
+		vals = [r["steps"][k] for r in runs if k in r["steps"]]
+		row("VM boot %s (agentd.trace=1)" % k, "ms", statistics.median(vals), scale=1e3)
+	if runs:
+		row("VM start to ready with agentd.trace=1", "ms",
+		    med(runs, "start_to_ready_s"), scale=1e3)
 
 
 def fmt(v, unit):
@@ -817,6 +910,11 @@ def parse_args():
 	ap.add_argument("--boots", type=int, default=5, help="VM boots per agent")
 	ap.add_argument("--helper-boots", type=int, default=5,
 			help="boots of our agent behind the peer's helper /init")
+	ap.add_argument("--trace-boots", type=int, default=1,
+			help="boots of ours with agentd.trace=1 for the boot step rows")
+	ap.add_argument("--agentd-arch", action="append", default=[], metavar="ARCH=PATH",
+			help="another architecture's agentd for a size row (default: "
+			     "agentd-ARCH next to agentd, when there)")
 	ap.add_argument("--no-host", action="store_true")
 	ap.add_argument("--no-vm", action="store_true")
 	ap.add_argument("--quick", action="store_true",
@@ -833,6 +931,17 @@ def parse_args():
 	return o
 
 
+def arch_sizes(agentd, o):
+	"""Sizes of other architectures' builds: --agentd-arch ARCH=PATH, or
+	agentd-aarch64 next to agentd (make ARCH=aarch64) when it exists."""
+	paths = dict(x.split("=", 1) for x in o.agentd_arch)
+	if not paths:
+		guess = agentd + "-aarch64"
+		if os.path.exists(guess):
+			paths["aarch64"] = guess
+	return {arch: os.path.getsize(p) for arch, p in paths.items() if os.path.exists(p)}
+
+
 def fetch_peer():
 	r = subprocess.run([sys.executable, os.path.join(HERE, "fetch-peer")],
 			   capture_output=True, text=True)
@@ -846,7 +955,7 @@ def main():
 	t_start = time.monotonic()
 	agentd = os.path.abspath(o.agentd)
 	peer = o.peer_binary or (fetch_peer() if o.peer else None)
-	sizes = {"ours": os.path.getsize(agentd)}
+	sizes = {"ours": os.path.getsize(agentd), "ours_arch": arch_sizes(agentd, o)}
 	if peer:
 		sizes["peer"] = os.path.getsize(peer)
 
@@ -869,7 +978,7 @@ def main():
 		"git": git_rev(), "machine": machine_info(),
 		"config": {k: getattr(o, k) for k in (
 			"boots", "host_reps", "host_execs", "host_stdout", "host_stdin", "host_fs",
-			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick")},
+			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick", "trace_boots")},
 		"peer": {"package": "@superradcompany/microsandbox-linux-x64-gnu",
 			 "version": "0.6.18"} if peer else None,
 		"sizes": sizes, "notes": notes, "host": host, "vm": vm, "table": rows,
