@@ -4,6 +4,8 @@
  * stdin queues, output with backpressure, signals, resize, exit status.
  *
  * Life of a session: fork, then wait for the close-on-exec error pipe.
+ * The agent never waits for the child itself (no vfork): a guest process
+ * can stop the child, or a hung filesystem can block it, before its exec.
  * EOF on it means exec succeeded: send started and read output.  Data on
  * it means a step before exec failed: send exited -1 and forget the
  * session (the reaper discards the status).  A started session ends once
@@ -33,6 +35,9 @@
 #define STDIN_GIVE_UP_NS   (5ull * 1000000000)
 #define STDIN_KEEP_CAP     (256u * 1024)
 #define MAX_GROUPS         1024
+/* execve's usual bound on argv plus envp (a quarter of an 8 MiB stack) */
+#define ENV_MAX_ENTRIES    65536
+#define ENV_MAX_BYTES      (2u * 1024 * 1024)
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 extern char **environ;
@@ -40,15 +45,14 @@ extern char **environ;
 /* What the child does between fork and exec, all prepared beforehand. */
 struct spawn {
 	char **argv;
-	char **envp;
+	char **envp;        /* room for one more entry (HOME) */
+	size_t nenv;
+	long home_slot;     /* index of HOME= in envp, or -1 */
+	bool home_given;    /* by the request: the user's does not replace it */
 	const char *path;   /* PATH for a bare cmd */
 	const char *cwd;
-	bool switch_user;
-	uid_t uid;
-	gid_t gid;
-	gid_t *groups;
-	int ngroups;
-	const char *home;   /* of the resolved user, or NULL */
+	const char *user;   /* user spec, trimmed; looked up by the child */
+	const char *group;  /* its group part, or NULL */
 	struct { int res; struct rlimit lim; } *limits;
 	size_t nlimits;
 	bool tty;
@@ -60,12 +64,13 @@ struct child_error {
 	int err;
 };
 
-enum stage { ST_SETSID, ST_CTTY, ST_DUP, ST_CWD, ST_GROUPS, ST_GID, ST_UID,
-	     ST_RLIMIT, ST_EXEC };
+enum stage { ST_SETSID, ST_CTTY, ST_DUP, ST_USER, ST_GROUP, ST_CWD,
+	     ST_GROUPS, ST_GID, ST_UID, ST_RLIMIT, ST_EXEC };
 
 static const char *const stage_names[] = {
-	"setsid", "set controlling terminal", "dup2", "chdir",
-	"setgroups", "setgid", "setuid", "setrlimit", "exec",
+	"setsid", "set controlling terminal", "dup2", "guest user not found",
+	"guest group not found", "chdir", "setgroups", "setgid", "setuid",
+	"setrlimit", "exec",
 };
 
 struct stdin_queue {
@@ -414,12 +419,17 @@ void session_resize(struct agent *a, uint32_t id, uint16_t rows, uint16_t cols)
 		ioctl(s->out.fd, TIOCSWINSZ, &ws);
 }
 
-/* To the process group (every child leads one); never after the reap. */
+/*
+ * To the process group (every child leads one), also after the child was
+ * reaped: its background processes keep the session open (`sh -c "sleep
+ * 300 &"`), and the pgid cannot be reused while any of them lives.  The
+ * pid alone only before the reap (before setsid there is no group yet).
+ */
 static void session_kill(struct session *s, int sig)
 {
-	if (s->reaped || s->pid <= 0)
+	if (s->pid <= 0)
 		return;
-	if (kill(-s->pid, sig) < 0 && errno == ESRCH)
+	if (kill(-s->pid, sig) < 0 && errno == ESRCH && !s->reaped)
 		kill(s->pid, sig);
 }
 
@@ -488,14 +498,11 @@ static char *trimmed(struct arena *ar, const char *s, size_t n)
 	return p;
 }
 
-/* SPEC 5.5.  Returns NULL or an error message. */
-static const char *resolve_user(struct arena *ar, const char *spec,
-				struct spawn *sp)
+/* SPEC 5.5, the part that reads no file: the child looks the names up. */
+static const char *parse_user_spec(struct arena *ar, const char *spec,
+				   struct spawn *sp)
 {
 	char *user, *group = NULL, *colon;
-	struct user_entry pw;
-	bool known;
-	uint32_t n;
 
 	colon = strchr(spec, ':');
 	user = trimmed(ar, spec, colon ? (size_t)(colon - spec) : strlen(spec));
@@ -505,37 +512,10 @@ static const char *resolve_user(struct arena *ar, const char *spec,
 		return "out of memory";
 	if (!*user)
 		return "user spec has empty user";
-	sp->switch_user = true;
-	sp->gid = getgid();
-	if (userdb_parse_id(user, &n)) {
-		sp->uid = n;
-		known = userdb_user_by_uid(n, &pw) == 0;
-	} else {
-		known = userdb_user_by_name(user, &pw) == 0;
-		if (!known)
-			return "guest user not found";
-		sp->uid = pw.uid;
-	}
-	if (known) {
-		sp->gid = pw.gid;
-		if (pw.home[0])
-			sp->home = concat(ar, pw.home, "", "");
-	}
-	if (group) {
-		if (!*group)
-			return "user spec has empty group";
-		if (userdb_parse_id(group, &n))
-			sp->gid = n;
-		else if (userdb_group_by_name(group, &sp->gid) < 0)
-			return "guest group not found";
-	}
-	sp->ngroups = 0;
-	if (!known)
-		return NULL;  /* no name: setgroups(0, NULL) */
-	sp->groups = arena_alloc(ar, MAX_GROUPS * sizeof(gid_t));
-	if (!sp->groups)
-		return "out of memory";
-	sp->ngroups = userdb_group_list(pw.name, sp->gid, sp->groups, MAX_GROUPS);
+	if (group && !*group)
+		return "user spec has empty group";
+	sp->user = user;
+	sp->group = group;
 	return NULL;
 }
 
@@ -549,35 +529,96 @@ static bool has_key(char *const *list, size_t n, const char *key, size_t klen)
 	return false;
 }
 
-/* Set (replace or append) one KEY=VALUE entry in env[0..*n). */
-static void env_put(char **env, size_t *n, char *entry)
+/* Order of two KEY=VALUE entries by key (the bytes before '='). */
+static int key_cmp(const char *x, const char *y)
 {
-	size_t klen = strchr(entry, '=') - entry, i;
-
-	for (i = 0; i < *n; i++) {
-		if (!strncmp(env[i], entry, klen) && env[i][klen] == '=') {
-			env[i] = entry;
-			return;
-		}
-	}
-	env[(*n)++] = entry;
+	for (; *x == *y && *x != '='; x++, y++)
+		;
+	return (*x == '=' ? 0 : (unsigned char)*x) -
+	       (*y == '=' ? 0 : (unsigned char)*y);
 }
 
-/* SPEC 5.2 items 2 and 3: agent environment, PATH rule, overlay, HOME. */
+/* Stable bottom-up merge sort of idx[0..n) by the keys of env[idx[i]]. */
+static void sort_by_key(char **env, uint32_t *idx, uint32_t *tmp, size_t n)
+{
+	size_t w, lo;
+
+	for (w = 1; w < n; w *= 2) {
+		for (lo = 0; lo < n; lo += 2 * w) {
+			size_t mid = lo + w < n ? lo + w : n;
+			size_t hi = lo + 2 * w < n ? lo + 2 * w : n;
+			size_t i = lo, j = mid, k = lo;
+
+			while (i < mid && j < hi)
+				tmp[k++] = key_cmp(env[idx[j]], env[idx[i]]) < 0 ?
+					   idx[j++] : idx[i++];
+			while (i < mid)
+				tmp[k++] = idx[i++];
+			while (j < hi)
+				tmp[k++] = idx[j++];
+		}
+		memcpy(idx, tmp, n * sizeof(*idx));
+	}
+}
+
+/*
+ * A later entry replaces an earlier one with the same key in its place:
+ * sorting by key keeps this n log n (a scan per entry let one request
+ * with many entries stall the loop for minutes).  Returns the new count.
+ */
+static size_t env_merge(char **env, size_t n, uint32_t *idx, uint32_t *tmp)
+{
+	size_t i, j, k;
+
+	for (i = 0; i < n; i++)
+		idx[i] = (uint32_t)i;
+	sort_by_key(env, idx, tmp, n);
+	for (i = 0; i < n; i = j) {
+		for (j = i + 1; j < n && !key_cmp(env[idx[i]], env[idx[j]]); j++)
+			;
+		env[idx[i]] = env[idx[j - 1]];
+		for (k = i + 1; k < j; k++)
+			env[idx[k]] = NULL;
+	}
+	for (i = j = 0; i < n; i++)
+		if (env[i])
+			env[j++] = env[i];
+	return j;
+}
+
+static const char *check_env_size(const struct exec_request *rq)
+{
+	size_t bytes = 0, i;
+
+	if (rq->nenv > ENV_MAX_ENTRIES)
+		return "env has more than 65536 entries";
+	for (i = 0; i < rq->nenv; i++)
+		bytes += strlen(rq->env[i]) + 1;
+	return bytes > ENV_MAX_BYTES ? "env larger than 2 MiB" : NULL;
+}
+
+/* SPEC 5.2 items 2 and 3: agent environment, PATH rule, overlay.  HOME
+ * comes from the user, which the child looks up. */
 static const char *build_env(struct agent *a, const struct exec_request *rq,
 			     struct spawn *sp)
 {
 	struct arena *ar = &a->arena;
 	size_t nagent = 0, n = 0, i;
-	char *scripts, *path_entry = NULL, **env;
-	const char *agent_path = getenv("PATH");
+	char *scripts, **env;
+	uint32_t *idx, *tmp;
+	const char *agent_path = getenv("PATH"), *err = check_env_size(rq);
 	bool replaced = false;
 
+	if (err)
+		return err;
 	while (environ[nagent])
 		nagent++;
+	/* + PATH, + HOME in the child, + NULL */
 	env = arena_alloc(ar, (nagent + rq->nenv + 3) * sizeof(char *));
+	idx = arena_alloc(ar, (nagent + rq->nenv + 1) * sizeof(uint32_t));
+	tmp = arena_alloc(ar, (nagent + rq->nenv + 1) * sizeof(uint32_t));
 	scripts = concat(ar, a->runtime_dir, "/scripts", "");
-	if (!env || !scripts)
+	if (!env || !idx || !tmp || !scripts)
 		return "out of memory";
 	for (i = 0; i < nagent; i++)
 		if (strchr(environ[i], '='))
@@ -594,29 +635,29 @@ static const char *build_env(struct agent *a, const struct exec_request *rq,
 				return "out of memory";
 			replaced = true;
 		}
-		env_put(env, &n, e);
+		env[n++] = e;
 	}
 	if (!replaced) {
-		path_entry = concat(ar, "PATH=", scripts, ":");
-		path_entry = path_entry ? concat(ar, path_entry,
-				agent_path ? agent_path : DEFAULT_PATH, "") : NULL;
-		if (!path_entry)
-			return "out of memory";
-		env_put(env, &n, path_entry);
-	}
-	if (sp->home && !has_key((char *const *)rq->env, rq->nenv, "HOME", 4)) {
-		char *home = concat(ar, "HOME=", sp->home, "");
+		char *e = concat(ar, "PATH=", scripts, ":");
 
-		if (!home)
+		e = e ? concat(ar, e, agent_path ? agent_path : DEFAULT_PATH, "") : NULL;
+		if (!e)
 			return "out of memory";
-		env_put(env, &n, home);
+		env[n++] = e;
 	}
+	n = env_merge(env, n, idx, tmp);
 	env[n] = NULL;
 	sp->envp = env;
+	sp->nenv = n;
+	sp->home_slot = -1;
+	sp->home_given = has_key((char *const *)rq->env, rq->nenv, "HOME", 4);
 	sp->path = DEFAULT_PATH;
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		if (!strncmp(env[i], "PATH=", 5))
 			sp->path = env[i] + 5;
+		else if (!strncmp(env[i], "HOME=", 5))
+			sp->home_slot = (long)i;
+	}
 	return NULL;
 }
 
@@ -645,7 +686,7 @@ static const char *prepare(struct agent *a, const struct exec_request *rq,
 		spec = getenv("MSB_USER");
 		user_spec = spec ? trimmed(ar, spec, strlen(spec)) : NULL;
 	}
-	if (user_spec && *user_spec && (err = resolve_user(ar, user_spec, sp)))
+	if (user_spec && *user_spec && (err = parse_user_spec(ar, user_spec, sp)))
 		return err;
 
 	for (i = 0; i < rq->nrlimits; i++) {
@@ -661,7 +702,7 @@ static const char *prepare(struct agent *a, const struct exec_request *rq,
 	return build_env(a, rq, sp);
 }
 
-/* ---- the child, between fork and exec: async-signal-safe only ---- */
+/* ---- the child, between fork and exec ---- */
 
 static void __attribute__((noreturn)) child_fail(int errfd, int stage, int err)
 {
@@ -735,9 +776,76 @@ static void child_reset_signals(void)
 	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
 }
 
-static void __attribute__((noreturn)) child_run(const struct spawn *sp,
+/* The ids to switch to, from the user spec and the guest's files. */
+struct ids {
+	uint32_t uid, gid;
+	int ngroups;
+	uint32_t groups[MAX_GROUPS];
+	char home[5 + sizeof(((struct user_entry *)0)->home)];  /* HOME=... */
+};
+
+/*
+ * SPEC 5.5.  In the child, not on the agent's loop: /etc/passwd on a hung
+ * filesystem must stall this exec only.  A numeric user need not exist.
+ */
+static void child_lookup_user(const struct spawn *sp, struct ids *id, int errfd)
+{
+	struct user_entry pw;
+	bool known;
+
+	id->gid = (uint32_t)getgid();
+	id->ngroups = 0;
+	id->home[0] = 0;
+	if (userdb_parse_id(sp->user, &id->uid)) {
+		known = userdb_user_by_uid(USERDB_PASSWD, id->uid, &pw) == 0;
+	} else {
+		known = userdb_user_by_name(USERDB_PASSWD, sp->user, &pw) == 0;
+		if (!known)
+			child_fail(errfd, ST_USER, 0);
+		id->uid = pw.uid;
+	}
+	if (known) {
+		id->gid = pw.gid;
+		if (pw.home[0])
+			fmt(id->home, sizeof(id->home), "HOME=%s", pw.home);
+	}
+	if (sp->group && !userdb_parse_id(sp->group, &id->gid) &&
+	    userdb_group_by_name(USERDB_GROUP, sp->group, &id->gid) < 0)
+		child_fail(errfd, ST_GROUP, 0);
+	if (known)  /* else no name to look for: setgroups(0, NULL) */
+		id->ngroups = userdb_group_list(USERDB_GROUP, pw.name, id->gid,
+						id->groups, MAX_GROUPS);
+}
+
+/* The user's HOME unless the request set one (envp has room for it). */
+static void child_set_home(struct spawn *sp, char *home)
+{
+	if (!home[0] || sp->home_given)
+		return;
+	if (sp->home_slot >= 0) {
+		sp->envp[sp->home_slot] = home;
+		return;
+	}
+	sp->envp[sp->nenv++] = home;
+	sp->envp[sp->nenv] = NULL;
+}
+
+/* PID 1 runs at -1000 so the OOM killer never picks it; its children must
+ * be killable.  Raising the value needs no privilege. */
+static void child_reset_oom_score(void)
+{
+	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+
+	/* Without /proc there is nothing to undo either. */
+	if (fd >= 0 && write(fd, "0", 1) >= 0)
+		close(fd);
+}
+
+/* sp is the child's own copy (fork). */
+static void __attribute__((noreturn)) child_run(struct spawn *sp,
 		int fd0, int fd1, int fd2, int errfd)
 {
+	struct ids id;
 	size_t i;
 
 	child_reset_signals();
@@ -749,16 +857,19 @@ static void __attribute__((noreturn)) child_run(const struct spawn *sp,
 		child_fail(errfd, ST_DUP, errno);
 	/* Belt and braces: nothing inherited survives exec but 0-2. */
 	syscall(SYS_close_range, 3, ~0u, 4 /* CLOSE_RANGE_CLOEXEC */);
+	child_reset_oom_score();
+	if (sp->user)
+		child_lookup_user(sp, &id, errfd);
 	if (sp->cwd && chdir(sp->cwd) < 0)
 		child_fail(errfd, ST_CWD, errno);
-	/* Raw syscalls: libc's wrappers synchronise threads (none here). */
-	if (sp->switch_user) {
-		if (syscall(SYS_setgroups, sp->ngroups, sp->groups) < 0)
+	if (sp->user) {
+		if (syscall(SYS_setgroups, id.ngroups, id.groups) < 0)
 			child_fail(errfd, ST_GROUPS, errno);
-		if (syscall(SYS_setgid, sp->gid) < 0)
+		if (syscall(SYS_setgid, id.gid) < 0)
 			child_fail(errfd, ST_GID, errno);
-		if (syscall(SYS_setuid, sp->uid) < 0)
+		if (syscall(SYS_setuid, id.uid) < 0)
 			child_fail(errfd, ST_UID, errno);
+		child_set_home(sp, id.home);
 	}
 	for (i = 0; i < sp->nlimits; i++)
 		if (syscall(SYS_prlimit64, 0, sp->limits[i].res,
@@ -844,6 +955,16 @@ static int open_pty(struct stdio_fds *f, uint16_t rows, uint16_t cols)
 	return 0;
 }
 
+/*
+ * fork as the bare system call: musl's fork() adds 4 KB of atfork and lock
+ * handling that the single-threaded agent does not need.  The child must
+ * not rely on libc's cached thread id (raise, pthread_*); it does not.
+ */
+static pid_t fork_raw(void)
+{
+	return (pid_t)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0);
+}
+
 static void exec_failed(struct agent *a, uint32_t id, const char *cmd,
 			const char *what, const char *why)
 {
@@ -865,7 +986,8 @@ static void on_error_pipe(struct agent *a, struct watch *w, uint32_t events)
 	if (n == (ssize_t)sizeof(ce)) {
 		int stage = ce.stage >= 0 && ce.stage <= ST_EXEC ? ce.stage : ST_EXEC;
 
-		exec_failed(a, s->id, s->name, stage_names[stage], strerror(ce.err));
+		exec_failed(a, s->id, s->name, stage_names[stage],
+			    ce.err ? strerror(ce.err) : NULL);
 		session_free(a, s);  /* the reaper discards its status */
 		return;
 	}
@@ -927,12 +1049,11 @@ void session_exec(struct agent *a, uint32_t id, const struct exec_request *rq)
 		goto fail;
 	}
 	/*
-	 * vfork: the agent is suspended until the child execs or fails, and
-	 * no page of it is copied or write-protected meanwhile (a quarter of
-	 * an exec round trip in a TCG guest).  The child only makes system
-	 * calls on data prepared above and never returns from child_run.
+	 * fork, not vfork: with vfork the agent stays suspended until the
+	 * child execs, and a guest process stopping the child before that
+	 * (or a hung chdir or execve) would freeze PID 1.
 	 */
-	pid = vfork();
+	pid = fork_raw();
 	if (pid < 0) {
 		exec_failed(a, id, rq->cmd, "fork", strerror(errno));
 		goto fail;
