@@ -22,6 +22,44 @@ def started_first(res):
     return res.frames[0] == "core.exec.started"
 
 
+def wait_for(cond, what, timeout=30, interval=0.01):
+    """Poll cond() until it returns a true value; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(interval)
+
+
+def proc_status(pid):
+    """/proc/PID/status as a dict, or None once the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def gone(pid):
+    return proc_status(pid) is None
+
+
+def wait_blocked_writing(pid):
+    """Until pid, a cat of /dev/zero or of a cached file (it can sleep only
+    in its write to stdout), sleeps for 20 polls in a row: the agent stopped
+    reading its pipe (a reader merely slower than the writer lets it run now
+    and then).  /proc/PID/wchan would say pipe_write; kernels may hide it."""
+    seen = [0]
+
+    def blocked():
+        st = proc_status(pid)
+        seen[0] = seen[0] + 1 if st and st["State"].split()[0] == "S" else 0
+        return seen[0] >= 20
+    wait_for(blocked, "pid %d blocked writing" % pid)
+
+
 # ---- basics ------------------------------------------------------------------
 
 def test_echo(agent):
@@ -350,7 +388,10 @@ def test_slow_host_bounded_memory_no_loss(agent, tmp_path, figures):
     pid = agent.proc.pid
     before = read_status(pid, "VmHWM")
     i = agent.exec_start("cat", [str(src)])
-    time.sleep(3)  # the host reads nothing meanwhile
+    f = agent.recv(msg_id=i)
+    assert f.t == "core.exec.started"
+    # the host reads nothing more until the agent stopped reading cat
+    wait_blocked_writing(f.p["pid"])
     stalled = read_status(pid, "VmHWM")
     res = agent.collect(i, timeout=300)
     after = read_status(pid, "VmHWM")
@@ -448,10 +489,28 @@ def test_child_is_session_leader(agent):
     assert sid == res.stdout.decode().split("\n")[1]
 
 
+def group_members(pgid):
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        if int(st[st.rindex(")") + 2:].split()[2]) == pgid:
+            pids.append(int(d))
+    return pids
+
+
 def test_signal_goes_to_process_group(agent):
     i = agent.exec_start("sh", ["-c", "sleep 100 & exec sleep 100"])
-    assert agent.recv(msg_id=i).t == "core.exec.started"
-    time.sleep(0.2)
+    f = agent.recv(msg_id=i)
+    assert f.t == "core.exec.started"
+    pid = f.p["pid"]
+    # both sleeps run: sh forked the background one and exec'd the other
+    wait_for(lambda: len(group_members(pid)) == 2 and
+             (proc_status(pid) or {}).get("Name", "").strip() == "sleep",
+             "both sleeps in the group")
     agent.signal(i, 15)
     # exited needs stdout EOF, which needs the background sleep dead too
     res = agent.collect(i, timeout=10)
@@ -508,9 +567,10 @@ def test_2000_sequential_no_zombies_no_fd_growth(agent):
     fds_before = sorted(os.listdir("/proc/%d/fd" % pid))
     for _ in range(2000):
         assert agent.run("true").code == 0
-    # orphaned grandchildren are reaped too
-    agent.run("sh", "-c", "sleep 0.1 >/dev/null 2>&1 </dev/null &")
-    time.sleep(0.5)
+    # orphaned grandchildren are reaped too (a zombie stays in /proc)
+    res = agent.run("sh", "-c", "sleep 0.1 >/dev/null 2>&1 </dev/null & echo $!")
+    orphan = int(res.stdout)
+    wait_for(lambda: gone(orphan), "the orphan reaped")
     assert agent_children_zombies(pid) == 0
     assert sorted(os.listdir("/proc/%d/fd" % pid)) == fds_before
 
@@ -563,30 +623,6 @@ def test_inherited_ignored_signals_reset(spawn_agent, tmp_path, monkeypatch, tty
 
 
 # ---- hardening (issue 11) ------------------------------------------------------
-
-def wait_for(cond, what, timeout=30, interval=0.01):
-    """Poll cond() until it returns a true value; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(interval)
-
-
-def proc_status(pid):
-    """/proc/PID/status as a dict, or None once the process is gone."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def gone(pid):
-    return proc_status(pid) is None
-
 
 STOPPER = r'''
 import os, signal, sys, time
@@ -741,20 +777,6 @@ def test_output_left_in_pipe_at_reap_is_delivered(agent, tmp_path):
     finally:
         if flood_pid and not gone(flood_pid):
             os.kill(flood_pid, signal.SIGKILL)
-
-
-def wait_blocked_writing(pid):
-    """Until pid, a `cat /dev/zero` (which can only block in its write to
-    stdout), sleeps for 20 polls in a row: the agent stopped reading its
-    pipe (a reader merely slower than the writer lets it run now and then).
-    /proc/PID/wchan would say pipe_write, but kernels may hide it."""
-    seen = [0]
-
-    def blocked():
-        st = proc_status(pid)
-        seen[0] = seen[0] + 1 if st and st["State"].split()[0] == "S" else 0
-        return seen[0] >= 20
-    wait_for(blocked, "pid %d blocked writing" % pid)
 
 
 INHERIT_WRAPPER = """#!/bin/sh
