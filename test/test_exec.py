@@ -692,6 +692,38 @@ def test_child_stopped_before_exec_does_not_freeze_agent(agent, tmp_path):
     agent.collect(i)
 
 
+FIFO_PASSWD_WRAPPER = """#!/bin/sh
+# agentd in its own mount namespace, where /etc/passwd is the FIFO $FIFO.
+exec unshare --mount --propagation private \\
+    sh -c 'mount --bind "$0" /etc/passwd && exec "$@"' "$FIFO" "$@"
+"""
+
+
+@ROOT_ONLY
+def test_fifo_at_etc_passwd_fails_that_exec_only(spawn_agent, tmp_path, monkeypatch):
+    """Issue 11 items 2 and 3: a guest root replaced /etc/passwd by a FIFO.
+    Opening it used to block the loop for good; the exec that names a user
+    fails (the file is refused), and the agent serves on."""
+    if subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("no mount namespaces here")
+    fifo = tmp_path / "passwd"
+    os.mkfifo(fifo)
+    wrapper = tmp_path / "fifo-passwd"
+    wrapper.write_text(FIFO_PASSWD_WRAPPER)
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("AGENTD_WRAPPER", str(wrapper))
+    monkeypatch.setenv("FIFO", str(fifo))
+    a = spawn_agent()
+    named = a.exec_start("true", user="nobody")
+    nxt = a.exec_start("echo", ["next"])
+    res = a.collect(named, timeout=20)
+    assert res.frames == ["core.exec.exited"] and res.code == -1
+    assert a.collect(nxt, timeout=20).stdout == b"next\n"
+    # a numeric user needs no entry
+    res = a.run("grep", "^Uid", "/proc/self/status", user="4321", timeout=20)
+    assert res.stdout.split()[1:] == [b"4321"] * 4, res
+
+
 def test_env_with_many_entries_refused_and_next_request_served(agent):
     """Issue 11 item 4: 200k distinct env entries used to stall the loop
     for minutes (a scan of all earlier entries per entry); they are refused
