@@ -419,15 +419,27 @@ void session_resize(struct agent *a, uint32_t id, uint16_t rows, uint16_t cols)
 		ioctl(s->out.fd, TIOCSWINSZ, &ws);
 }
 
+/* A live child of ours got the pid of a reaped one: its group is not
+ * that session's any more. */
+static bool pid_reused(const struct agent *a, const struct session *s)
+{
+	const struct session *o;
+
+	for (o = a->sessions; o; o = o->next)
+		if (o != s && o->pid == s->pid && !o->reaped)
+			return true;
+	return false;
+}
+
 /*
  * To the process group (every child leads one), also after the child was
  * reaped: its background processes keep the session open (`sh -c "sleep
  * 300 &"`), and the pgid cannot be reused while any of them lives.  The
  * pid alone only before the reap (before setsid there is no group yet).
  */
-static void session_kill(struct session *s, int sig)
+static void session_kill(struct agent *a, struct session *s, int sig)
 {
-	if (s->pid <= 0)
+	if (s->pid <= 0 || (s->reaped && pid_reused(a, s)))
 		return;
 	if (kill(-s->pid, sig) < 0 && errno == ESRCH && !s->reaped)
 		kill(s->pid, sig);
@@ -438,7 +450,7 @@ void session_signal(struct agent *a, uint32_t id, int32_t sig)
 	struct session *s = session_find(a, id);
 
 	if (s && sig >= 1 && sig <= 31)
-		session_kill(s, sig);
+		session_kill(a, s, sig);
 }
 
 void sessions_terminate(struct agent *a, int sig)
@@ -446,7 +458,7 @@ void sessions_terminate(struct agent *a, int sig)
 	struct session *s;
 
 	for (s = a->sessions; s; s = s->next)
-		session_kill(s, sig);
+		session_kill(a, s, sig);
 }
 
 void session_reaped(struct agent *a, int pid, int status)
