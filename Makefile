@@ -24,7 +24,7 @@ SAN_FLAGS = $(CSTD) $(WARN) -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=address,undefined -fno-sanitize-recover=all
 
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
-AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
+AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h rawsys.h
 CTL_SRCS   = agentctl.c protocol.c
 
 .PHONY: all check unit integration vmtest fuzz size bench clean

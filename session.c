@@ -3,12 +3,12 @@
  * session.c - exec sessions (SPEC 5): spawning in pipe or PTY mode,
  * stdin queues, output with backpressure, signals, resize, exit status.
  *
- * Life of a session: fork, then wait for the close-on-exec error pipe.
+ * Life of a session: clone, then wait for the close-on-exec error pipe.
  * The agent never waits for the child itself (no vfork): a guest process
  * can stop the child, or a hung filesystem can block it, before its exec.
  * EOF on it means exec succeeded: send started and read output.  Data on
- * it means a step before exec failed: send exited -1 and forget the
- * session (the reaper discards the status).  A started session ends once
+ * it means a step before exec failed: at EOF, send exited -1 and forget
+ * the session (the reaper discards the status).  A started session ends once
  * the child was reaped and every output fd reached EOF (pipes) or EIO
  * (PTY master); only then is exited sent, after the last output byte.
  */
@@ -19,7 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -28,6 +30,7 @@
 
 #include "agent.h"
 #include "fmt.h"
+#include "rawsys.h"
 #include "userdb.h"
 
 #define STDIN_SESSION_MAX  (8u * 1024 * 1024)
@@ -80,6 +83,10 @@ struct stdin_queue {
 
 struct session {
 	struct session *next;
+	void *child_mem;      /* the child's stack and data until EOF on errp */
+	size_t child_mem_len;
+	int fail_stage;       /* from the error pipe, or -1 */
+	int fail_err;
 	uint32_t id;
 	pid_t pid;
 	bool tty;
@@ -162,6 +169,8 @@ static void session_free(struct agent *a, struct session *s)
 		}
 	}
 	a->nsessions--;
+	/* s->child_mem is unmapped at EOF on the error pipe; still mapped
+	 * here only if the child may be on it (see session_exec). */
 	close_watch(a, &s->errp);
 	close_watch(a, &s->out);
 	close_watch(a, &s->err);
@@ -714,18 +723,26 @@ static const char *prepare(struct agent *a, const struct exec_request *rq,
 	return build_env(a, rq, sp);
 }
 
-/* ---- the child, between fork and exec ---- */
+/*
+ * ---- the child, between clone and exec ----
+ *
+ * It shares the agent's memory while the agent runs on: it reads only its
+ * own copy of the spawn (child_mem), writes only its own stack, and calls
+ * only raw system calls (rawsys.h) and functions that touch no global
+ * state (string functions, fmt, userdb), never errno.
+ */
 
 static void __attribute__((noreturn)) child_fail(int errfd, int stage, int err)
 {
 	struct child_error ce = { stage, err };
 
-	if (write(errfd, &ce, sizeof(ce)) < 0)
-		_exit(127);
-	_exit(127);
+	raw3(SYS_write, errfd, (long)&ce, sizeof(ce));
+	for (;;)
+		raw1(SYS_exit_group, 127);
 }
 
-/* execvp's search, over the PATH of the child's new environment. */
+/* execvp's search, over the PATH of the child's new environment; the
+ * error to report (positive), as execve returned only on failure. */
 static int child_exec(const struct spawn *sp)
 {
 	const char *cmd = sp->argv[0], *p = sp->path;
@@ -736,25 +753,26 @@ static int child_exec(const struct spawn *sp)
 
 	if (!clen)
 		return ENOENT;
-	if (strchr(cmd, '/')) {
-		execve(cmd, sp->argv, sp->envp);
-		return errno;
-	}
+	if (strchr(cmd, '/'))
+		return (int)-raw3(SYS_execve, (long)cmd, (long)sp->argv, (long)sp->envp);
 	for (;;) {
 		const char *end = strchr(p, ':');
 		size_t dlen = end ? (size_t)(end - p) : strlen(p);
 
 		if (dlen + clen + 2 <= sizeof(buf)) {
+			int e;
+
 			memcpy(buf, dlen ? p : ".", dlen ? dlen : 1);
 			if (!dlen)
 				dlen = 1;
 			buf[dlen] = '/';
 			memcpy(buf + dlen + 1, cmd, clen + 1);
-			execve(buf, sp->argv, sp->envp);
-			if (errno == EACCES)
+			e = (int)-raw3(SYS_execve, (long)buf, (long)sp->argv,
+				       (long)sp->envp);
+			if (e == EACCES)
 				eacces = true;
-			else if (errno != ENOENT && errno != ENOTDIR)
-				err = errno;
+			else if (e != ENOENT && e != ENOTDIR)
+				err = e;
 		}
 		if (!end)
 			break;
@@ -772,9 +790,9 @@ struct kernel_sigaction {
 };
 
 /*
- * Default dispositions for every signal and an empty mask, through raw
- * syscalls: libc refuses to touch its internal signals (32-34), yet an
- * ignored one of those is inherited across exec like any other.
+ * Default dispositions for every signal and an empty mask: libc refuses
+ * to touch its internal signals (32-34), yet an ignored one of those is
+ * inherited across exec like any other.
  */
 static void child_reset_signals(void)
 {
@@ -784,8 +802,8 @@ static void child_reset_signals(void)
 
 	for (sig = 1; sig <= 64; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP)
-			syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof(uint64_t));
-	syscall(SYS_rt_sigprocmask, SIG_SETMASK, &none, NULL, sizeof(uint64_t));
+			raw4(SYS_rt_sigaction, sig, (long)&dfl, 0, sizeof(uint64_t));
+	raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof(uint64_t));
 }
 
 /* The ids to switch to, from the user spec and the guest's files. */
@@ -805,7 +823,7 @@ static void child_lookup_user(const struct spawn *sp, struct ids *id, int errfd)
 	struct user_entry pw;
 	bool known;
 
-	id->gid = (uint32_t)getgid();
+	id->gid = (uint32_t)raw1(SYS_getgid, 0);
 	id->ngroups = 0;
 	id->home[0] = 0;
 	if (userdb_parse_id(sp->user, &id->uid)) {
@@ -846,48 +864,171 @@ static void child_set_home(struct spawn *sp, char *home)
  * be killable.  Raising the value needs no privilege. */
 static void child_reset_oom_score(void)
 {
-	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	int fd = (int)raw4(SYS_openat, AT_FDCWD, (long)"/proc/self/oom_score_adj",
+			   O_WRONLY | O_CLOEXEC, 0);
 
 	/* Without /proc there is nothing to undo either. */
-	if (fd >= 0 && write(fd, "0", 1) >= 0)
-		close(fd);
+	if (fd >= 0) {
+		raw3(SYS_write, fd, (long)"0", 1);
+		raw1(SYS_close, fd);
+	}
 }
 
-/* sp is the child's own copy (fork). */
-static void __attribute__((noreturn)) child_run(struct spawn *sp,
-		int fd0, int fd1, int fd2, int errfd)
+/* fd becomes to, without close-on-exec (dup3 refuses fd == to). */
+static long child_dup(int fd, int to)
 {
+	if (fd == to)
+		return raw3(SYS_fcntl, fd, F_SETFD, 0);
+	return raw3(SYS_dup3, fd, to, 0);
+}
+
+/* The spawn and fds the child works on, in its own mapping (child_mem). */
+struct child_args {
+	struct spawn sp;
+	int fd[3];
+	int errfd;
+};
+
+static int child_run(void *arg)
+{
+	struct child_args *c = arg;
+	struct spawn *sp = &c->sp;
+	int errfd = c->errfd, i;
 	struct ids id;
-	size_t i;
+	long r;
 
 	child_reset_signals();
-	if (setsid() < 0)
-		child_fail(errfd, ST_SETSID, errno);
-	if (sp->tty && ioctl(fd0, TIOCSCTTY, 0) < 0)
-		child_fail(errfd, ST_CTTY, errno);
-	if (dup2(fd0, 0) < 0 || dup2(fd1, 1) < 0 || dup2(fd2, 2) < 0)
-		child_fail(errfd, ST_DUP, errno);
+	if ((r = raw1(SYS_setsid, 0)) < 0)
+		child_fail(errfd, ST_SETSID, (int)-r);
+	if (sp->tty && (r = raw3(SYS_ioctl, c->fd[0], TIOCSCTTY, 0)) < 0)
+		child_fail(errfd, ST_CTTY, (int)-r);
+	for (i = 0; i < 3; i++)
+		if ((r = child_dup(c->fd[i], i)) < 0)
+			child_fail(errfd, ST_DUP, (int)-r);
 	/* Belt and braces: nothing inherited survives exec but 0-2. */
-	syscall(SYS_close_range, 3, ~0u, 4 /* CLOSE_RANGE_CLOEXEC */);
+	raw3(SYS_close_range, 3, ~0u, 4 /* CLOSE_RANGE_CLOEXEC */);
 	child_reset_oom_score();
 	if (sp->user)
 		child_lookup_user(sp, &id, errfd);
-	if (sp->cwd && chdir(sp->cwd) < 0)
-		child_fail(errfd, ST_CWD, errno);
+	if (sp->cwd && (r = raw1(SYS_chdir, (long)sp->cwd)) < 0)
+		child_fail(errfd, ST_CWD, (int)-r);
 	if (sp->user) {
-		if (syscall(SYS_setgroups, id.ngroups, id.groups) < 0)
-			child_fail(errfd, ST_GROUPS, errno);
-		if (syscall(SYS_setgid, id.gid) < 0)
-			child_fail(errfd, ST_GID, errno);
-		if (syscall(SYS_setuid, id.uid) < 0)
-			child_fail(errfd, ST_UID, errno);
+		if ((r = raw2(SYS_setgroups, id.ngroups, (long)id.groups)) < 0)
+			child_fail(errfd, ST_GROUPS, (int)-r);
+		if ((r = raw1(SYS_setgid, id.gid)) < 0)
+			child_fail(errfd, ST_GID, (int)-r);
+		if ((r = raw1(SYS_setuid, id.uid)) < 0)
+			child_fail(errfd, ST_UID, (int)-r);
 		child_set_home(sp, id.home);
 	}
-	for (i = 0; i < sp->nlimits; i++)
-		if (syscall(SYS_prlimit64, 0, sp->limits[i].res,
-			    &sp->limits[i].lim, NULL) < 0)
-			child_fail(errfd, ST_RLIMIT, errno);
+	for (size_t k = 0; k < sp->nlimits; k++)
+		if ((r = raw4(SYS_prlimit64, 0, sp->limits[k].res,
+			      (long)&sp->limits[k].lim, 0)) < 0)
+			child_fail(errfd, ST_RLIMIT, (int)-r);
 	child_fail(errfd, ST_EXEC, child_exec(sp));
+}
+
+/* ---- the child's memory (in the agent) ---- */
+
+#define CHILD_STACK (64u * 1024)
+#define GUARD       4096u
+
+static size_t strv_bytes(char *const *v, size_t *count)
+{
+	size_t n = 0, i;
+
+	for (i = 0; v[i]; i++)
+		n += strlen(v[i]) + 1;
+	*count = i;
+	return n;
+}
+
+static char *copy_str(char **cur, const char *x)
+{
+	size_t n;
+	char *d = *cur;
+
+	if (!x)
+		return NULL;
+	n = strlen(x) + 1;
+	memcpy(d, x, n);
+	*cur += n;
+	return d;
+}
+
+/* v's strings at *cur, its pointers at slots (count + 1 + extra). */
+static char **copy_strv(char **slots, char **cur, char *const *v)
+{
+	size_t i;
+
+	for (i = 0; v[i]; i++)
+		slots[i] = copy_str(cur, v[i]);
+	slots[i] = NULL;
+	return slots;
+}
+
+static size_t len0(const char *x)
+{
+	return x ? strlen(x) + 1 : 0;
+}
+
+/*
+ * A guard page, the child's stack, then its copy of everything in sp: the
+ * agent's arena is reused by the next frame while a stopped child may not
+ * have exec'd yet.  NULL when out of memory.
+ */
+static struct child_args *child_mem_new(const struct spawn *sp, void **mem,
+					size_t *len)
+{
+	size_t na, ne, strings = strv_bytes(sp->argv, &na) +
+		strv_bytes(sp->envp, &ne) + len0(sp->path) + len0(sp->cwd) +
+		len0(sp->user) + len0(sp->group);
+	size_t lim = sp->nlimits * sizeof(*sp->limits);
+	size_t ptrs = (na + 1 + ne + 2) * sizeof(char *);
+	size_t n = GUARD + CHILD_STACK + sizeof(struct child_args) + lim + ptrs + strings;
+	struct child_args *c;
+	char *b, **slots, *cur;
+
+	b = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (b == MAP_FAILED)
+		return NULL;
+	if (mprotect(b, GUARD, PROT_NONE) < 0) {
+		munmap(b, n);
+		return NULL;
+	}
+	c = (struct child_args *)(b + GUARD + CHILD_STACK);
+	c->sp = *sp;
+	c->sp.limits = (void *)(c + 1);
+	memcpy(c->sp.limits, sp->limits, lim);
+	slots = (char **)((char *)c->sp.limits + lim);
+	cur = (char *)(slots + na + 1 + ne + 2);
+	c->sp.argv = copy_strv(slots, &cur, sp->argv);
+	c->sp.envp = copy_strv(slots + na + 1, &cur, sp->envp);  /* + HOME */
+	c->sp.path = copy_str(&cur, sp->path);
+	c->sp.cwd = copy_str(&cur, sp->cwd);
+	c->sp.user = copy_str(&cur, sp->user);
+	c->sp.group = copy_str(&cur, sp->group);
+	*mem = b;
+	*len = n;
+	return c;
+}
+
+/*
+ * clone without CLONE_VFORK: the agent runs on at once, and with CLONE_VM
+ * no page table is copied or write-protected (fork cost a third more per
+ * exec round trip).  The stack starts below the args (it grows down).
+ */
+static pid_t child_start(struct child_args *c)
+{
+	return clone(child_run, c, CLONE_VM | SIGCHLD, c);
+}
+
+static void child_mem_free(struct session *s)
+{
+	if (!s->child_mem)
+		return;
+	munmap(s->child_mem, s->child_mem_len);
+	s->child_mem = NULL;
 }
 
 /* ---- spawning (in the agent) ---- */
@@ -967,16 +1108,6 @@ static int open_pty(struct stdio_fds *f, uint16_t rows, uint16_t cols)
 	return 0;
 }
 
-/*
- * fork as the bare system call: musl's fork() adds 4 KB of atfork and lock
- * handling that the single-threaded agent does not need.  The child must
- * not rely on libc's cached thread id (raise, pthread_*); it does not.
- */
-static pid_t fork_raw(void)
-{
-	return (pid_t)syscall(SYS_clone, SIGCHLD, 0, NULL, NULL, 0);
-}
-
 static void exec_failed(struct agent *a, uint32_t id, const char *cmd,
 			const char *what, const char *why)
 {
@@ -994,12 +1125,18 @@ static void on_error_pipe(struct agent *a, struct watch *w, uint32_t events)
 
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
+	if (n == (ssize_t)sizeof(ce) && s->fail_stage < 0) {
+		/* Reported at EOF: until then the child is on its stack. */
+		s->fail_stage = ce.stage >= 0 && ce.stage <= ST_EXEC ? ce.stage : ST_EXEC;
+		s->fail_err = ce.err;
+		return;
+	}
 	close_watch(a, w);
-	if (n == (ssize_t)sizeof(ce)) {
-		int stage = ce.stage >= 0 && ce.stage <= ST_EXEC ? ce.stage : ST_EXEC;
-
-		exec_failed(a, s->id, s->name, stage_names[stage],
-			    ce.err ? strerror(ce.err) : NULL);
+	if (n == 0)  /* the child exec'd or exited: it is off child_mem */
+		child_mem_free(s);
+	if (s->fail_stage >= 0) {
+		exec_failed(a, s->id, s->name, stage_names[s->fail_stage],
+			    s->fail_err ? strerror(s->fail_err) : NULL);
 		session_free(a, s);  /* the reaper discards its status */
 		return;
 	}
@@ -1021,6 +1158,7 @@ static struct session *session_new(struct agent *a, uint32_t id,
 		return NULL;
 	s->id = id;
 	s->pid = pid;
+	s->fail_stage = -1;
 	s->tty = rq->tty;
 	fmt(s->name, sizeof(s->name), "%s", rq->cmd);
 	s->errp = (struct watch){ .fd = errfd, .handle = on_error_pipe };
@@ -1040,9 +1178,12 @@ void session_exec(struct agent *a, uint32_t id, const struct exec_request *rq)
 {
 	struct stdio_fds f = { { -1, -1, -1 }, { -1, -1, -1 } };
 	int ep[2] = { -1, -1 };
+	struct child_args *c;
 	struct spawn sp;
 	const char *err;
 	struct session *s;
+	void *mem = NULL;
+	size_t mem_len = 0;
 	pid_t pid;
 
 	if (a->shutting_down) {
@@ -1061,24 +1202,36 @@ void session_exec(struct agent *a, uint32_t id, const struct exec_request *rq)
 		goto fail;
 	}
 	/*
-	 * fork, not vfork: with vfork the agent stays suspended until the
-	 * child execs, and a guest process stopping the child before that
-	 * (or a hung chdir or execve) would freeze PID 1.
+	 * Not vfork: with vfork the agent stays suspended until the child
+	 * execs, and a guest process stopping the child before that (or a
+	 * hung chdir or execve) would freeze PID 1.
 	 */
-	pid = fork_raw();
+	c = child_mem_new(&sp, &mem, &mem_len);
+	if (c) {
+		c->fd[0] = f.child[0];
+		c->fd[1] = f.child[1];
+		c->fd[2] = f.child[2];
+		c->errfd = ep[1];
+	}
+	pid = c ? child_start(c) : -1;
 	if (pid < 0) {
-		exec_failed(a, id, rq->cmd, "fork", strerror(errno));
+		exec_failed(a, id, rq->cmd, "clone", strerror(errno));
+		if (mem)
+			munmap(mem, mem_len);
 		goto fail;
 	}
-	if (pid == 0)
-		child_run(&sp, f.child[0], f.child[1], f.child[2], ep[1]);
 	close_fds(f.child, 3);
 	close(ep[1]);
 	ep[1] = -1;
 	fcntl(ep[0], F_SETFL, O_NONBLOCK);
 	s = session_new(a, id, rq, &f, ep[0], pid);
+	if (s) {
+		s->child_mem = mem;
+		s->child_mem_len = mem_len;
+	}
 	if (!s || agent_watch(a, &s->errp, EPOLLIN) < 0) {
-		/* The child runs unsupervised: stop it, the reaper collects it. */
+		/* The child runs unsupervised: stop it, the reaper collects it.
+		 * Its memory stays mapped: it may be on it until it dies. */
 		kill(pid, SIGKILL);
 		exec_failed(a, id, rq->cmd, "session", strerror(errno));
 		if (s)

@@ -7,8 +7,9 @@
  * allocation the size of the longest line.  A guest's files are plain
  * text, so this reads them line by line through a fixed buffer; a line
  * longer than the buffer is skipped, as no valid entry is that long.
- * These files belong to the guest: the agent looks them up in the forked
- * child of an exec, never on its loop (a hung /etc stalls that exec only).
+ * These files belong to the guest: the agent looks them up in the child
+ * of an exec, never on its loop (a hung /etc stalls that exec only).  That
+ * child shares the agent's memory, so only raw system calls (rawsys.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "rawsys.h"
 #include "userdb.h"
 
 #define LINE_MAX_LEN   1024
@@ -40,11 +42,12 @@ static int lines_open(struct lines *l, const char *path)
 	struct stat st;
 
 	memset(l, 0, offsetof(struct lines, buf));
-	l->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	l->fd = (int)raw4(SYS_openat, AT_FDCWD, (long)path,
+			  O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0);
 	if (l->fd < 0)
 		return -1;
-	if (fstat(l->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(l->fd);
+	if (raw2(SYS_fstat, l->fd, (long)&st) < 0 || !S_ISREG(st.st_mode)) {
+		raw1(SYS_close, l->fd);
 		return -1;
 	}
 	return 0;
@@ -60,8 +63,8 @@ static ssize_t lines_read(struct lines *l)
 	if (!want)
 		return 0;
 	do
-		n = read(l->fd, l->buf + l->len, want);
-	while (n < 0 && errno == EINTR);
+		n = raw3(SYS_read, l->fd, (long)(l->buf + l->len), (long)want);
+	while (n == -EINTR);
 	if (n > 0)
 		l->total += (size_t)n;
 	return n;
@@ -175,7 +178,7 @@ static int find_user(const char *path, const char *name, uint32_t uid,
 		u->gid = gid;
 		found = 0;
 	}
-	close(l.fd);
+	raw1(SYS_close, l.fd);
 	return found;
 }
 
@@ -233,7 +236,7 @@ static int scan_groups(const char *path, const char *name, uint32_t *gid,
 		if (user && n < max && id != groups[0] && is_member(f[3], user))
 			groups[n++] = id;
 	}
-	close(l.fd);
+	raw1(SYS_close, l.fd);
 	return name ? (n ? 0 : -1) : n;
 }
 

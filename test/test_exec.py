@@ -575,6 +575,21 @@ def test_2000_sequential_no_zombies_no_fd_growth(agent):
     assert sorted(os.listdir("/proc/%d/fd" % pid)) == fds_before
 
 
+def test_child_memory_released_after_exec_and_failure(agent):
+    """Each child runs on a stack and a copy of its spawn that the agent
+    maps for it; they are unmapped once the child exec'd or failed (a
+    leak would be 68 KiB and more per exec)."""
+    pid = agent.proc.pid
+    for _ in range(5):
+        agent.run("true")
+    before = read_status(pid, "VmSize")
+    for _ in range(80):
+        assert agent.run("true").code == 0
+        assert agent.run("no-such-command-agentd-test").code == -1
+        assert agent.run("true", cwd="/nonexistent-agentd-dir").code == -1
+    assert read_status(pid, "VmSize") - before < 2048, (before, read_status(pid, "VmSize"))
+
+
 def test_round_trip_true(agent, figures):
     times = []
     for _ in range(200 if not SANITIZED else 20):
