@@ -35,7 +35,7 @@ AGENT_LTO  = -flto -flto-partition=one
 # sanitizers keep theirs).
 AGENT_ALLOC = alloc.c
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
-AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h
+AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h rawsys.h
 CTL_SRCS   = agentctl.c ctl_transport.c ctl_exec.c ctl_files.c protocol.c
 
 .PHONY: all check unit integration vmtest fuzz size bench clean dist disttest

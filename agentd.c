@@ -48,12 +48,45 @@ struct options {
 
 /* ---- small helpers for the modules ---- */
 
+/*
+ * The console is a slow serial port written synchronously, and a host
+ * sending bad frames (or a guest failing execs) in a loop can make a log
+ * line each: a burst of 50 lines, then one per 100 ms (GCRA).  Lines
+ * dropped meanwhile are counted and reported with the next one written.
+ * Static state: the limit belongs to the console, and modules log without
+ * the agent struct.
+ */
+static bool log_allowed(unsigned *dropped_before)
+{
+	static uint64_t tat;
+	static unsigned dropped;
+	const uint64_t every = 100000000, burst = 50 * every;
+	uint64_t now = agent_clock_ns(CLOCK_MONOTONIC);
+
+	if (tat < now)
+		tat = now;
+	if (tat - now > burst) {
+		dropped++;
+		return false;
+	}
+	tat += every;
+	*dropped_before = dropped;
+	dropped = 0;
+	return true;
+}
+
 void agent_log(const char *format, ...)
 {
 	char buf[1024] = "agentd: ";
 	va_list ap;
+	unsigned dropped;
 	int n = 8;
 
+	if (!log_allowed(&dropped))
+		return;
+	if (dropped)
+		n += fmt(buf + n, sizeof(buf) - n, "%u log lines suppressed\nagentd: ",
+			 dropped);
 	va_start(ap, format);
 	n += vfmt(buf + n, sizeof(buf) - n - 1, format, ap);
 	va_end(ap);

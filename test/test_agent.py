@@ -551,3 +551,32 @@ def test_heartbeat_time_format_exact(tmp_path):
         assert got == d.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + frac + "Z", (sec, ns)
     assert out[0] == "2026-01-01T00:00:01.123456789Z"
     assert out[1] == "2026-01-01T00:00:00.500Z"
+
+
+# ---- console log rate limit (issue 11) ----------------------------------------
+
+def test_log_flood_is_rate_limited_and_counted(spawn_agent, tmp_path):
+    """A host sending bad frames in a loop must not make PID 1 write a line
+    to its (slow, synchronous) console for each: a bounded number of lines,
+    and the dropped ones counted in a "N log lines suppressed" line."""
+    log = tmp_path / "log"
+    with open(log, "wb") as err:
+        a = spawn_agent(stderr=err)
+    flood = 5000
+    a.send_raw(b"".join(encode_frame(i + 100, "core.no.such.type", {}) for i in range(flood)))
+    still_serving(a)  # frames are handled in order: the flood is done
+    assert len(re.findall(r"unknown type", log.read_text())) < 200
+    sent = flood
+    deadline = time.monotonic() + 60
+    while b"suppressed" not in log.read_bytes():
+        # logging resumes after a pause; the next line reports the count
+        assert time.monotonic() < deadline, "no suppressed line"
+        a.send(99, "core.no.such.type", {})
+        sent += 1
+        still_serving(a)
+        time.sleep(0.05)
+    text = log.read_text()
+    printed = len(re.findall(r"unknown type", text))
+    dropped = sum(int(n) for n in re.findall(r"(\d+) log lines suppressed", text))
+    assert printed < 200, printed
+    assert printed + dropped == sent, (printed, dropped, sent)

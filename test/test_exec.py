@@ -3,7 +3,10 @@ import hashlib
 import os
 import re
 import resource
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +20,44 @@ MiB = 1 << 20
 
 def started_first(res):
     return res.frames[0] == "core.exec.started"
+
+
+def wait_for(cond, what, timeout=30, interval=0.01):
+    """Poll cond() until it returns a true value; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(interval)
+
+
+def proc_status(pid):
+    """/proc/PID/status as a dict, or None once the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def gone(pid):
+    return proc_status(pid) is None
+
+
+def wait_blocked_writing(pid):
+    """Until pid, a cat of /dev/zero or of a cached file (it can sleep only
+    in its write to stdout), sleeps for 20 polls in a row: the agent stopped
+    reading its pipe (a reader merely slower than the writer lets it run now
+    and then).  /proc/PID/wchan would say pipe_write; kernels may hide it."""
+    seen = [0]
+
+    def blocked():
+        st = proc_status(pid)
+        seen[0] = seen[0] + 1 if st and st["State"].split()[0] == "S" else 0
+        return seen[0] >= 20
+    wait_for(blocked, "pid %d blocked writing" % pid)
 
 
 # ---- basics ------------------------------------------------------------------
@@ -347,7 +388,10 @@ def test_slow_host_bounded_memory_no_loss(agent, tmp_path, figures):
     pid = agent.proc.pid
     before = read_status(pid, "VmHWM")
     i = agent.exec_start("cat", [str(src)])
-    time.sleep(3)  # the host reads nothing meanwhile
+    f = agent.recv(msg_id=i)
+    assert f.t == "core.exec.started"
+    # the host reads nothing more until the agent stopped reading cat
+    wait_blocked_writing(f.p["pid"])
     stalled = read_status(pid, "VmHWM")
     res = agent.collect(i, timeout=300)
     after = read_status(pid, "VmHWM")
@@ -445,10 +489,28 @@ def test_child_is_session_leader(agent):
     assert sid == res.stdout.decode().split("\n")[1]
 
 
+def group_members(pgid):
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        if int(st[st.rindex(")") + 2:].split()[2]) == pgid:
+            pids.append(int(d))
+    return pids
+
+
 def test_signal_goes_to_process_group(agent):
     i = agent.exec_start("sh", ["-c", "sleep 100 & exec sleep 100"])
-    assert agent.recv(msg_id=i).t == "core.exec.started"
-    time.sleep(0.2)
+    f = agent.recv(msg_id=i)
+    assert f.t == "core.exec.started"
+    pid = f.p["pid"]
+    # both sleeps run: sh forked the background one and exec'd the other
+    wait_for(lambda: len(group_members(pid)) == 2 and
+             (proc_status(pid) or {}).get("Name", "").strip() == "sleep",
+             "both sleeps in the group")
     agent.signal(i, 15)
     # exited needs stdout EOF, which needs the background sleep dead too
     res = agent.collect(i, timeout=10)
@@ -505,11 +567,27 @@ def test_2000_sequential_no_zombies_no_fd_growth(agent):
     fds_before = sorted(os.listdir("/proc/%d/fd" % pid))
     for _ in range(2000):
         assert agent.run("true").code == 0
-    # orphaned grandchildren are reaped too
-    agent.run("sh", "-c", "sleep 0.1 >/dev/null 2>&1 </dev/null &")
-    time.sleep(0.5)
+    # orphaned grandchildren are reaped too (a zombie stays in /proc)
+    res = agent.run("sh", "-c", "sleep 0.1 >/dev/null 2>&1 </dev/null & echo $!")
+    orphan = int(res.stdout)
+    wait_for(lambda: gone(orphan), "the orphan reaped")
     assert agent_children_zombies(pid) == 0
     assert sorted(os.listdir("/proc/%d/fd" % pid)) == fds_before
+
+
+def test_child_memory_released_after_exec_and_failure(agent):
+    """Each child runs on a stack and a copy of its spawn that the agent
+    maps for it; they are unmapped once the child exec'd or failed (a
+    leak would be 68 KiB and more per exec)."""
+    pid = agent.proc.pid
+    for _ in range(5):
+        agent.run("true")
+    before = read_status(pid, "VmSize")
+    for _ in range(80):
+        assert agent.run("true").code == 0
+        assert agent.run("no-such-command-agentd-test").code == -1
+        assert agent.run("true", cwd="/nonexistent-agentd-dir").code == -1
+    assert read_status(pid, "VmSize") - before < 2048, (before, read_status(pid, "VmSize"))
 
 
 def test_round_trip_true(agent, figures):
@@ -557,3 +635,250 @@ def test_inherited_ignored_signals_reset(spawn_agent, tmp_path, monkeypatch, tty
                                            "SigIgn:", "0000000000000000"], res
     # an inherited SIG_IGN for SIGCHLD would make children vanish unreaped
     assert a.run("sh", "-c", "exit 5").code == 5
+
+
+# ---- hardening (issue 11) ------------------------------------------------------
+
+STOPPER = r'''
+import os, signal, sys, time
+agent, comm = sys.argv[1], sys.argv[2]
+def status(pid):
+    with open("/proc/%s/status" % pid) as f:
+        return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+seen, children = set(), set()
+print("ready", flush=True)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    for d in os.listdir("/proc"):
+        if d.isdigit() and d not in seen:
+            seen.add(d)
+            try:
+                if status(d)["PPid"].strip() == agent:
+                    children.add(d)
+            except (OSError, KeyError):
+                pass
+    for d in list(children):
+        try:
+            st = status(d)
+            if st["Uid"].split()[0] == "65534" and st["Name"].strip() == comm:
+                os.kill(int(d), signal.SIGSTOP)
+                print(d, flush=True)
+                sys.exit(0)
+        except (OSError, KeyError):
+            children.discard(d)
+print("0", flush=True)
+'''
+
+
+@ROOT_ONLY
+def test_child_stopped_before_exec_does_not_freeze_agent(agent, tmp_path):
+    """Issue 11 item 1: a process of the exec user SIGSTOPs the child after
+    setuid and before execve (a long PATH search widens that window).  With
+    vfork the agent waited on that child and answered nothing more."""
+    comm = proc_status(agent.proc.pid)["Name"].strip()
+    path = ":".join(["/n"] * 40000) + ":/usr/bin:/bin"
+    caught = None
+    for _ in range(20):
+        p = subprocess.Popen([sys.executable, "-c", STOPPER, str(agent.proc.pid), comm],
+                             user=65534, stdout=subprocess.PIPE)
+        try:
+            assert p.stdout.readline() == b"ready\n"
+            i = agent.exec_start("true", env=["PATH=" + path], user="nobody")
+            pid = int(p.stdout.readline())  # 0: none caught within 10 s
+            st = proc_status(pid) if pid else None
+            # still the agent's image (before exec) and stopped
+            if st and st["Name"].strip() == comm and st["State"].split()[0] == "T":
+                caught = (i, pid)
+                break
+            if st:
+                os.kill(pid, signal.SIGCONT)  # stopped after its exec: retry
+            agent.collect(i)
+        finally:
+            p.kill()
+            p.wait()
+    assert caught, "the child was never stopped before its exec"
+    i, pid = caught
+    try:
+        assert proc_status(pid)["State"].split()[0] == "T"
+        res = agent.run("echo", "alive", timeout=20)
+        assert res.stdout == b"alive\n"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    agent.collect(i)
+
+
+FIFO_PASSWD_WRAPPER = """#!/bin/sh
+# agentd in its own mount namespace, where /etc/passwd is the FIFO $FIFO.
+exec unshare --mount --propagation private \\
+    sh -c 'mount --bind "$0" /etc/passwd && exec "$@"' "$FIFO" "$@"
+"""
+
+
+@ROOT_ONLY
+def test_fifo_at_etc_passwd_fails_that_exec_only(spawn_agent, tmp_path, monkeypatch):
+    """Issue 11 items 2 and 3: a guest root replaced /etc/passwd by a FIFO.
+    Opening it used to block the loop for good; the exec that names a user
+    fails (the file is refused), and the agent serves on."""
+    if subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("no mount namespaces here")
+    fifo = tmp_path / "passwd"
+    os.mkfifo(fifo)
+    wrapper = tmp_path / "fifo-passwd"
+    wrapper.write_text(FIFO_PASSWD_WRAPPER)
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("AGENTD_WRAPPER", str(wrapper))
+    monkeypatch.setenv("FIFO", str(fifo))
+    a = spawn_agent()
+    named = a.exec_start("true", user="nobody")
+    nxt = a.exec_start("echo", ["next"])
+    res = a.collect(named, timeout=20)
+    assert res.frames == ["core.exec.exited"] and res.code == -1
+    assert a.collect(nxt, timeout=20).stdout == b"next\n"
+    # a numeric user needs no entry
+    res = a.run("grep", "^Uid", "/proc/self/status", user="4321", timeout=20)
+    assert res.stdout.split()[1:] == [b"4321"] * 4, res
+
+
+def test_env_with_many_entries_refused_and_next_request_served(agent):
+    """Issue 11 item 4: 200k distinct env entries used to stall the loop
+    for minutes (a scan of all earlier entries per entry); they are refused
+    at once, and the request behind them is answered."""
+    big = agent.exec_start("true", env=["E%d=x" % n for n in range(200000)])
+    nxt = agent.exec_start("echo", ["next"])
+    res = agent.collect(big, timeout=60)
+    assert res.frames == ["core.exec.exited"] and res.code == -1
+    assert agent.collect(nxt, timeout=60).stdout == b"next\n"
+    # too many bytes in a few entries
+    res = agent.run("true", env=["A=" + "a" * MiB, "B=" + "b" * MiB, "C=c"])
+    assert res.frames == ["core.exec.exited"] and res.code == -1
+
+
+def test_env_many_entries_merged_in_place(agent):
+    env = ["E%d=%d" % (n, n) for n in range(50000)] + ["E7=late", "HOME=/h", "E7=later"]
+    res = agent.run("sh", "-c", 'echo "$E0 $E7 $E49999 $HOME"; env | grep -c "^E"', env=env)
+    assert res.code == 0, res
+    assert res.stdout == b"0 later 49999 /h\n50000\n"
+
+
+def test_signal_after_direct_child_reaped_reaches_group(agent):
+    """Issue 11 item 6: `sh -c "sleep 300 &"` - sh is reaped at once, the
+    sleep keeps the session open through stdout; a signal must still reach
+    the group and the session end."""
+    i = agent.exec_start("sh", ["-c", "sleep 300 & echo $!"])
+    assert agent.recv(msg_id=i).t == "core.exec.started"
+    out = read_until(agent, i, b"\n")
+    bg = int(out)
+    try:
+        # wait until the agent reaped sh: its session leader is gone
+        pgid = os.getpgid(bg)
+        wait_for(lambda: gone(pgid), "sh reaped")
+        agent.signal(i, 15)
+        res = agent.collect(i, timeout=20)
+        assert res.code == 0 and res.signal is None  # sh's own status
+        wait_for(lambda: gone(bg), "background sleep ended")
+    finally:
+        if not gone(bg):
+            os.kill(bg, signal.SIGKILL)
+
+
+def test_child_oom_score_adj_reset(agent):
+    """Issue 11 item 7: PID 1 runs at -1000; its children must start at 0.
+    Here the agent gets 500 (lowering it would need CAP_SYS_RESOURCE)."""
+    with open("/proc/%d/oom_score_adj" % agent.proc.pid, "w") as f:
+        f.write("500")
+    res = agent.run("cat", "/proc/self/oom_score_adj")
+    assert res.stdout == b"0\n", res
+    res = agent.run("cat", "/proc/self/oom_score_adj", tty=True)
+    assert res.stdout == b"0\r\n", res
+    if os.geteuid() == 0:
+        res = agent.run("cat", "/proc/self/oom_score_adj", user="nobody")
+        assert res.stdout == b"0\n", res
+
+
+# ---- issue 16: tests that catch what they are named for ----------------------
+
+def test_output_left_in_pipe_at_reap_is_delivered(agent, tmp_path):
+    """The child writes its whole output into the pipe and exits while the
+    agent cannot read it (no output room: the host reads nothing and another
+    session filled the queue).  The reap must not end the session before
+    that pipe was read to EOF."""
+    data = os.urandom(60000)  # fits in a pipe: the writer never blocks
+    src = tmp_path / "tail"
+    src.write_bytes(data)
+    pidfile = tmp_path / "pid"
+    flood = agent.exec_start("cat", ["/dev/zero"])
+    f = agent.recv(msg_id=flood)
+    assert f.t == "core.exec.started"
+    flood_pid = f.p["pid"]
+    try:
+        wait_blocked_writing(flood_pid)
+        i = agent.exec_start("sh", ["-c", 'echo $$ > %s.tmp; mv %s.tmp %s; exec cat %s'
+                                    % (pidfile, pidfile, pidfile, src)])
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), "pid file"))
+        wait_for(lambda: gone(pid), "the child reaped")
+        agent.signal(flood, 9)
+        res = agent.collect(i, timeout=60)
+        assert res.code == 0
+        assert len(res.stdout) == len(data) and res.stdout == data
+        assert agent.collect(flood, timeout=60, sink=lambda b: None).signal == 9
+    finally:
+        if flood_pid and not gone(flood_pid):
+            os.kill(flood_pid, signal.SIGKILL)
+
+
+INHERIT_WRAPPER = """#!/bin/sh
+# agentd with fds 7 and 8 open and not close-on-exec, as a careless parent
+# would leave them.
+exec 7</dev/null 8>/dev/null
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_inherited_fds_not_passed_to_children(spawn_agent, tmp_path, monkeypatch, tty):
+    """Every fd agentd opens is close-on-exec, so only the child's
+    close_range stops fds agentd itself inherited from reaching children."""
+    wrapper = tmp_path / "inherit"
+    wrapper.write_text(INHERIT_WRAPPER)
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("AGENTD_WRAPPER", str(wrapper))
+    a = spawn_agent()
+    assert {"7", "8"} <= set(os.listdir("/proc/%d/fd" % a.proc.pid))
+    res = a.run("ls", "/proc/self/fd", tty=tty)
+    assert res.code == 0
+    assert sorted(int(x) for x in res.stdout.split()) == [0, 1, 2, 3], res.stdout
+
+
+@pytest.mark.slow
+def test_stdin_bound_over_all_sessions(agent):
+    """64 MiB of stdin queued over all sessions (each under its own 8 MiB
+    bound) stops the agent reading the port: 16 children that never read
+    get 7 MiB each, and the agent never holds much more than 64 MiB."""
+    pid = agent.proc.pid
+    before = read_status(pid, "VmHWM")
+    ids = [agent.exec_start("sleep", ["300"]) for _ in range(16)]
+    for i in ids:
+        assert agent.recv(msg_id=i).t == "core.exec.started"
+    chunk = b"s" * MiB
+
+    def feed():
+        for i in ids:
+            for _ in range(7):
+                agent.stdin(i, chunk)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        # the port is not read while 64 MiB are queued: the feeder blocks;
+        # 5 s later the agent gives up on those children's stdin.
+        t.join(timeout=120)
+        assert not t.is_alive()
+        peak = read_status(pid, "VmHWM")
+    finally:
+        for i in ids:
+            agent.signal(i, 9)
+        for i in ids:
+            agent.collect(i)
+    if not SANITIZED:
+        # bound + one frame in decoding + the input buffer + slack
+        assert peak - before < (64 + 8 + 8) * 1024, (before, peak)
