@@ -13,8 +13,8 @@ import pytest
 
 from agentclient import AGENTD, Agent, encode_frame
 from conftest import SANITIZED
-from testlib import (agent_constant, children, output_memory_bound_kib, read_syscalls,
-                     sleeping_in_epoll, unread_by_peer, vm_hwm_kib, wait_for, zombies)
+from testlib import (DESIGN, agent_constant, children, read_syscalls, sleeping_in_epoll,
+                     unread_by_peer, vm_hwm_kib, wait_for, zombies)
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
 
@@ -609,13 +609,20 @@ def test_many_requests_in_one_read_keep_memory_bounded(agent, tmp_path):
     # times `largest` (~45 MB).  (ASan's quarantine keeps freed memory
     # resident: RSS says nothing there.)
     answer = largest + 64  # frame header and envelope
-    assert n_req * answer > 4 * agent_constant("OUT_HARD_LIMIT")
-    bound = (2 * (agent_constant("OUT_HARD_LIMIT") + answer) + len(batch)
-             + agent_constant("OUT_READ_CHUNK")) // 1024 + 256
+    assert n_req * answer > 4 * DESIGN["OUT_HARD_LIMIT"]
+    bound = (2 * (DESIGN["OUT_HARD_LIMIT"] + answer) + len(batch)
+             + DESIGN["OUT_READ_CHUNK"]) // 1024 + 256
     if not SANITIZED:
         assert stalled - before <= bound, (before, stalled, bound)
         assert after - before <= bound, (before, after, bound)
     still_serving(agent)
+
+
+def test_design_figures_match_agent_h():
+    """The memory bounds of the tests (testlib.DESIGN) are the design of
+    agent.h; a deliberate change of one must change the other."""
+    for name, value in DESIGN.items():
+        assert agent_constant(name) == value, (name, agent_constant(name), value)
 
 
 HB_HARNESS = r'''

@@ -3,8 +3,9 @@ constants, and the processes a test run started.
 
 - `wait_for(cond, timeout, what)`: poll cond() until it is true; the timeout
   is a hang guard, never a statement about speed.
-- `agent_constant(name)`: a #define of agent.h, so bounds in tests follow
-  from the design instead of round numbers.
+- `DESIGN`: the agent's output bounds (agent.h), so bounds in tests follow
+  from the design instead of round numbers; `agent_constant(name)` reads
+  agent.h itself, to check that it agrees.
 - `output_memory_bound_kib()`: what the agent may hold for bulk output.
 - `children(pid)`, `zombies(pid)`: a process's children (from /proc).
 - `run_marker()`, `marked_pids()`: every process a test run starts carries
@@ -38,6 +39,17 @@ def wait_for(cond, timeout=10.0, what=None, interval=0.01):
         interval = min(interval * 2, 0.1)
 
 
+# The design figures of agent.h, stated here on purpose instead of read
+# from it: a bound read from the code under test grows with a bug that
+# raises the constant (make mutants: output-soft-limit-16x would pass).
+# test_agent.py::test_design_figures_match_agent_h checks that agent.h
+# agrees, so a deliberate change of the design updates both.
+DESIGN = {
+    "OUT_SOFT_LIMIT": 256 * 1024,    # bulk producers stop here
+    "OUT_HARD_LIMIT": 8 * 1024 * 1024,  # the port is not read from here
+    "OUT_READ_CHUNK": 64 * 1024,     # one read from a child or a file
+}
+
 _constants = {}
 
 
@@ -65,8 +77,8 @@ def output_memory_bound_kib(slack_kib=256):
     (the buffer the agent reads into) and slack for the allocator and
     bookkeeping.  Today's figures: ~350 kB stalled, ~570 kB peak above the
     idle agent; 16x the soft limit needs several MiB."""
-    queue = agent_constant("OUT_SOFT_LIMIT") + agent_constant("OUT_READ_CHUNK") + FRAME_OVERHEAD
-    return (2 * queue + agent_constant("OUT_READ_CHUNK")) // 1024 + slack_kib
+    queue = DESIGN["OUT_SOFT_LIMIT"] + DESIGN["OUT_READ_CHUNK"] + FRAME_OVERHEAD
+    return (2 * queue + DESIGN["OUT_READ_CHUNK"]) // 1024 + slack_kib
 
 
 def vm_hwm_kib(pid):
