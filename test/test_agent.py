@@ -558,7 +558,7 @@ def test_random_traffic_keeps_serving(spawn_agent, figures):
              "(id: (sent, answered)): %r" % {i: (n, got.get(i, 0)) for i, n in need.items()
                                               if got.get(i, 0) < n})
     pid = a.proc.pid
-    wait_for(lambda: not children(pid), timeout=30,
+    wait_for(lambda: not children(pid), timeout=20,
              what=lambda: "agentd to reap every child (zombies: %s)" % zombies(pid))
     res = a.run("echo", "alive", msg_id=1000, timeout=30)
     assert res.stdout == b"alive\n" and res.code == 0
