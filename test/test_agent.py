@@ -616,6 +616,45 @@ def test_many_requests_in_one_read_keep_memory_bounded(agent, tmp_path):
     still_serving(agent)
 
 
+@pytest.mark.slow
+def test_stdin_bound_over_all_sessions(agent):
+    """docs/PROTOCOL.md: stdin waits in the agent up to 8 MiB per session and
+    64 MiB over all sessions; at the bound the agent stops reading the port,
+    and after 5 s without progress it closes those children's stdin.  Sixteen
+    children that never read, 7 MiB each (under the per-session bound): 112
+    MiB offered, at most 64 MiB held."""
+    import threading
+    n_sess, per_sess, chunk = 16, 7 * 1024 * 1024, 1024 * 1024
+    ids = [agent.exec_start("sleep", ["100"]) for _ in range(n_sess)]
+    for i in ids:
+        assert agent.recv(msg_id=i).t == "core.exec.started"
+    pid = agent.proc.pid
+    before = vm_hwm_kib(pid)
+    block = b"s" * chunk
+
+    def offer():
+        for _ in range(per_sess // chunk):
+            for i in ids:
+                agent.stdin(i, block)
+    t = threading.Thread(target=offer, daemon=True)
+    t.start()
+    # the port stops being read at the bound; the give-up reopens it
+    t.join(timeout=120)
+    assert not t.is_alive(), "the agent never read the port again"
+    still_serving(agent)
+    peak = vm_hwm_kib(pid) - before
+    for i in ids:
+        agent.signal(i, 9)
+        assert agent.collect(i).signal == 9
+    # The queues hold at most STDIN_TOTAL_MAX; one more frame may be
+    # appended past it (1 MiB here) and the input buffer holds up to one
+    # maximal frame and a read chunk.  Queues grow by doubling, but only
+    # the bytes written into them are touched.
+    bound = (64 * 1024 * 1024 + chunk + 4 * 1024 * 1024 + 64 * 1024) // 1024 + 1024
+    if not SANITIZED:  # ASan's quarantine keeps freed memory resident
+        assert peak <= bound, (peak, bound, n_sess * per_sess // 1024)
+
+
 def test_design_figures_match_agent_h():
     """The memory bounds of the tests (testlib.DESIGN) are the design of
     agent.h; a deliberate change of one must change the other."""
