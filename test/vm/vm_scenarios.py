@@ -373,11 +373,17 @@ def test_block_root(initrd, root_image, tmp_path, env):
         a.shutdown()
         assert vm.wait_exit(EXIT_GUARD_S) == 0
         assert "Kernel panic" not in vm.console()
-    # Shutdown remounts the root read-only: the image must be clean (no
-    # journal to replay, no error), checked without changing it.
+    # Shutdown remounts the root read-only: the image must be clean, checked
+    # without changing it: no error, and no journal left to replay (e2fsck
+    # -n skips the replay with a warning and still exits 0).
     fsck = shutil.which("e2fsck") or "/usr/sbin/e2fsck"
     r = subprocess.run([fsck, "-fn", str(img)], capture_output=True, text=True)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert "journal recovery" not in r.stdout + r.stderr, (r.stdout, r.stderr)
+    dump = shutil.which("dumpe2fs") or "/usr/sbin/dumpe2fs"
+    sb = subprocess.run([dump, "-h", str(img)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"^Filesystem state:\s+clean$", sb, re.M), sb
+    assert "needs_recovery" not in sb, sb
 
 
 # ---------------------------------------------------------------- bad boots
