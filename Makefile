@@ -5,6 +5,8 @@
 #                   integration tests, VM tests when QEMU and a kernel exist
 #   make fuzz       run every libFuzzer target for FUZZ_SECONDS each
 #   make size       print the agent's size
+#   make mutants    build deliberate bugs (test/mutants.txt) and check that
+#                   the tests named for each one catch it
 #   make bench      benchmarks (PEER=1 also measures microsandbox's agent)
 #   make ARCH=aarch64  static build/aarch64/agentd and agentctl (cross musl)
 #   make dist       release binaries for x86_64 and aarch64 + SHA256SUMS
@@ -38,7 +40,7 @@ AGENT_SRCS = agentd.c protocol.c session.c fsops.c heartbeat.c init.c initcfg.c 
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h rawsys.h
 CTL_SRCS   = agentctl.c ctl_transport.c ctl_exec.c ctl_files.c protocol.c
 
-.PHONY: all check unit integration vmtest fuzz size bench clean dist disttest
+.PHONY: all check unit integration vmtest fuzz size bench clean dist disttest mutants
 
 all: $(if $(filter $(HOST_ARCH),$(ARCH)),agentd agentctl,build/$(ARCH)/agentd build/$(ARCH)/agentctl)
 
@@ -76,8 +78,13 @@ integration: agentd agentd-san agentctl
 vmtest: agentd agentctl
 	./test/vm/run-vm-tests
 
-check: unit integration vmtest disttest fuzz
+check: unit integration vmtest disttest fuzz mutants
 	@echo "make check: all suites passed"
+
+# Each mutant is built in a scratch copy of the tree and only its own tests
+# run (tools/mutants); a mutant that no test catches fails the target.
+mutants:
+	$(PYTHON) tools/mutants
 
 # ---- fuzzing (clang libFuzzer) ----
 FUZZ_TARGETS = fuzz/fuzz-frames fuzz/fuzz-payload fuzz/fuzz-initcfg

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import SANITIZED
+from testlib import output_memory_bound_kib
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for user switching")
 MiB = 1 << 20
@@ -399,8 +400,9 @@ def test_slow_host_bounded_memory_no_loss(agent, tmp_path, figures):
     # The agent holds at most its output bound (plus one frame) whatever
     # the child writes: far below the 64 MiB the child produced.
     if not SANITIZED:  # ASan's quarantine keeps freed memory resident
-        assert stalled - before < 16 * 1024, (before, stalled)
-        assert after - before < 24 * 1024, (before, after)
+        bound = output_memory_bound_kib()  # from agent.h, see testlib
+        assert stalled - before <= bound, (before, stalled, bound)
+        assert after - before <= bound, (before, after, bound)
         figures.record("agent peak RSS (VmHWM) in the slow-reader test", after, "kB")
 
 
@@ -847,38 +849,3 @@ def test_inherited_fds_not_passed_to_children(spawn_agent, tmp_path, monkeypatch
     res = a.run("ls", "/proc/self/fd", tty=tty)
     assert res.code == 0
     assert sorted(int(x) for x in res.stdout.split()) == [0, 1, 2, 3], res.stdout
-
-
-@pytest.mark.slow
-def test_stdin_bound_over_all_sessions(agent):
-    """64 MiB of stdin queued over all sessions (each under its own 8 MiB
-    bound) stops the agent reading the port: 16 children that never read
-    get 7 MiB each, and the agent never holds much more than 64 MiB."""
-    pid = agent.proc.pid
-    before = read_status(pid, "VmHWM")
-    ids = [agent.exec_start("sleep", ["300"]) for _ in range(16)]
-    for i in ids:
-        assert agent.recv(msg_id=i).t == "core.exec.started"
-    chunk = b"s" * MiB
-
-    def feed():
-        for i in ids:
-            for _ in range(7):
-                agent.stdin(i, chunk)
-
-    t = threading.Thread(target=feed)
-    t.start()
-    try:
-        # the port is not read while 64 MiB are queued: the feeder blocks;
-        # 5 s later the agent gives up on those children's stdin.
-        t.join(timeout=120)
-        assert not t.is_alive()
-        peak = read_status(pid, "VmHWM")
-    finally:
-        for i in ids:
-            agent.signal(i, 9)
-        for i in ids:
-            agent.collect(i)
-    if not SANITIZED:
-        # bound + one frame in decoding + the input buffer + slack
-        assert peak - before < (64 + 8 + 8) * 1024, (before, peak)

@@ -9,6 +9,7 @@
 #include "../fuzz/fuzz_common.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1378,7 +1379,8 @@ static void test_fuzz_regressions(void)
 	DIR *d;
 
 	snprintf(dir, sizeof(dir), "%s/../fuzz-regressions", unit_vectors_dir);
-	if (!(d = opendir(dir)))
+	/* A missing or emptied directory would replay nothing and pass. */
+	if (!CHECKF((d = opendir(dir)) != NULL, "cannot open %s: %s", dir, strerror(errno)))
 		return;
 	while ((e = readdir(d))) {
 		if (e->d_name[0] == '.' || !strcmp(e->d_name, "README"))
@@ -1404,6 +1406,7 @@ static void test_fuzz_regressions(void)
 		CHECK(true);
 	}
 	closedir(d);
+	CHECKF(count > 0, "no fuzz regression inputs in %s", dir);
 	printf("fuzz regressions replayed: %zu\n", count);
 }
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from agentclient import AGENTD
+from agentd_client.lowlevel import AGENTD
 from conftest import SANITIZED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
