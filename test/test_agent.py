@@ -6,6 +6,7 @@ import random
 import re
 import struct
 import subprocess
+import time
 
 import cbor2
 import pytest
