@@ -4,6 +4,7 @@ Every test drives the real agentd binary over a socketpair with the
 independent client in agentclient.py and checks the result on the host's
 filesystem with Python's own os calls.
 """
+import contextlib
 import errno
 import hashlib
 import json
@@ -13,6 +14,7 @@ import socket
 import stat
 import statistics
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -161,6 +163,17 @@ def umask():
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+@contextlib.contextmanager
+def helper_process():
+    """A process whose /proc files we may write (its oom_score_adj)."""
+    p = subprocess.Popen(["sleep", "300"])
+    try:
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
 
 
 def vm_hwm_kib(pid):
@@ -417,10 +430,11 @@ def test_write_through_symlink_and_special_files_in_place(ag, work):
     assert write_file(ag, "/dev/null", [b"discarded"]) == OK
     assert hidden(work) == []
     # a regular file where nothing can be created: procfs, written in place
-    comm = "/proc/%d/comm" % ag.proc.pid
-    assert write_file(ag, comm, [b"fs-probe"]) == OK
-    with open(comm, "rb") as f:
-        assert f.read() == b"fs-probe\n"
+    with helper_process() as pid:
+        adj = "/proc/%d/oom_score_adj" % pid
+        assert write_file(ag, adj, [b"567"]) == OK
+        with open(adj, "rb") as f:
+            assert f.read() == b"567\n"
 
 
 def test_write_failures_answer_once(ag, work):
