@@ -466,10 +466,10 @@ void fs_child_send(struct agent *a, int fd)
 	a->out.len = a->out_head = 0;
 }
 
-static void say_opened(int ctl)
+/* false: the agent gave us up already. */
+static bool say_opened(int ctl)
 {
-	if (send(ctl, "O", 1, MSG_NOSIGNAL) < 0)
-		_exit(0);
+	return send(ctl, "O", 1, MSG_NOSIGNAL) == 1;
 }
 
 /*
@@ -521,7 +521,8 @@ static void child_read(struct agent *a, uint32_t id, const char *path,
 		respond_errno(a, id, "open", errno);
 		return;
 	}
-	say_opened(ctl);
+	if (!say_opened(ctl))
+		_exit(0);
 	e = clear_nonblock(fd) < 0 ? errno : copy_bytes(fd, out);
 	if (e == EPIPE)
 		_exit(0);  /* cancelled */
@@ -713,12 +714,11 @@ static void child_write(struct agent *a, uint32_t id,
 		e = errno;
 	}
 	if (!e) {
-		say_opened(ctl);
 		prefix = "write";
-		e = copy_bytes(in, s.fd);
+		e = say_opened(ctl) ? copy_bytes(in, s.fd) : -1;
 	}
-	if (!e) {
-		if (recv(ctl, &c, 1, 0) != 1 || c != 'C') {
+	if (e <= 0) {
+		if (e < 0 || recv(ctl, &c, 1, 0) != 1 || c != 'C') {
 			write_discard(&s);
 			_exit(0);
 		}

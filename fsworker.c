@@ -61,7 +61,7 @@
 #define FS_WQ_TOTAL_MAX  (16u << 20)  /* ... and over all streams */
 #define FS_GIVE_UP_NS    (5ull * 1000000000)
 #define FS_WRITE_IDLE_NS (120ull * 1000000000)
-#define FS_DYING_NS      (500ull * 1000000)
+#define FS_DYING_NS      (5000ull * 1000000)  /* time to clean up */
 #define FS_TICK_MS       250
 #define FS_PIPE_SIZE     (1 << 20)
 
