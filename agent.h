@@ -152,8 +152,9 @@ int fs_fork_child(struct agent *a, int x, int y, bool die_with_us);
 #define FS_MSG_MAX   (64u * 1024)  /* one message on a child's socket */
 #define FS_REQ_HEAD  10            /* id, op, has_mode, mode; then paths */
 void fs_child_op(struct agent *a, const uint8_t *req, size_t n);
+/* Serve one Read or Write; returns when it ended cleanly. */
 void fs_child_stream(struct agent *a, const uint8_t *req, size_t n, int ctl,
-		     int data) __attribute__((noreturn));
+		     int data);
 void fs_child_send(struct agent *a, int fd);
 /* A response for id: "prefix: text", "prefix: strerror(e) (os error e)",
  * or text alone when prefix is NULL. */

@@ -26,9 +26,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1106,12 +1108,13 @@ void fs_child_stream(struct agent *a, const uint8_t *p, size_t n, int ctl,
 	struct fs_request rq;
 	uint32_t id = 0;
 
-	if (request_decode(p, n, &id, &rq) < 0)
+	if (request_decode(p, n, &id, &rq) < 0 || clear_nonblock(data) < 0)
 		respond_text(a, id, "invalid request", "garbled");
 	else if (rq.op == FS_READ)
 		child_read(a, id, rq.path, ctl, data);
-	else
+	else if (prctl(PR_SET_PDEATHSIG, 0) == 0)  /* clean up, even alone */
 		child_write(a, id, &rq, ctl, data);
+	close(data);  /* a read's end of data, before its response */
 	fs_child_send(a, ctl);
-	_exit(0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);  /* a worker again */
 }

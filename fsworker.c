@@ -453,6 +453,34 @@ static void worker_idle(struct agent *a, struct fs_worker *w)
 		worker_drop(a, w, false);
 }
 
+static void on_worker(struct agent *a, struct watch *wt, uint32_t events);
+
+/* A stream that ended cleanly gives its child back to the pool. */
+static void stream_release(struct agent *a, struct fs_job *j)
+{
+	struct fs_worker *w = calloc(1, sizeof(*w));
+
+	if (w && j->pid > 0 && j->ctl.fd >= 0) {
+		if (j->ctl.events)
+			agent_unwatch(a, &j->ctl);
+		w->pid = j->pid;
+		w->next = a->fs_workers;
+		a->fs_workers = w;
+		if (watch_fd(a, &w->ctl, j->ctl.fd, EPOLLIN, on_worker) == 0) {
+			j->ctl.fd = -1;
+			j->pid = 0;
+			worker_idle(a, w);
+		} else {
+			w->ctl.fd = -1;
+			a->fs_workers = w->next;
+			free(w);
+		}
+	} else {
+		free(w);
+	}
+	job_free(a, j, false);
+}
+
 static void on_worker(struct agent *a, struct watch *wt, uint32_t events)
 {
 	struct fs_worker *w = (struct fs_worker *)((char *)wt -
@@ -484,17 +512,63 @@ static void on_worker(struct agent *a, struct watch *wt, uint32_t events)
 	lane_run(a);
 }
 
-static void worker_main(struct agent *a, int fd)
+/* A request comes with the stream's pipe, or alone (one-shot). */
+static ssize_t recv_with_fd(int sock, uint8_t *buf, size_t n, int *fd)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} c;
+	struct iovec iov = { buf, n };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = c.b, .msg_controllen = sizeof(c.b) };
+	struct cmsghdr *cm;
+	ssize_t r = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+
+	*fd = -1;
+	cm = r > 0 ? CMSG_FIRSTHDR(&mh) : NULL;
+	if (cm && cm->cmsg_type == SCM_RIGHTS)
+		memcpy(fd, CMSG_DATA(cm), sizeof(int));
+	return r;
+}
+
+static int send_with_fd(int sock, const uint8_t *buf, size_t n, int fd)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} c;
+	struct iovec iov = { (void *)buf, n };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = c.b, .msg_controllen = sizeof(c.b) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	return sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n ?
+		0 : -1;
+}
+
+/* A worker answers one-shot requests, and serves a stream when it is
+ * handed one with its pipe. */
+static void worker_main(struct agent *a, int sock)
 {
 	uint8_t buf[FS_MSG_MAX];
+	int fd;
 
 	for (;;) {
-		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		ssize_t n = recv_with_fd(sock, buf, sizeof(buf), &fd);
 
 		if (n <= 0)
 			_exit(0);
+		if (fd >= 0) {
+			fs_child_stream(a, buf, (size_t)n, sock, fd);
+			continue;
+		}
 		fs_child_op(a, buf, (size_t)n);
-		fs_child_send(a, fd);
+		fs_child_send(a, sock);
 	}
 }
 
@@ -525,16 +599,22 @@ static struct fs_worker *worker_spawn(struct agent *a)
 	return w;
 }
 
+static struct fs_worker *worker_idle_one(struct agent *a)
+{
+	struct fs_worker *w;
+
+	for (w = a->fs_workers; w && w->job; w = w->next)
+		;
+	return w ? w : worker_spawn(a);
+}
+
 static int op_start(struct agent *a, struct fs_job *j)
 {
 	struct fs_worker *w;
 	int tries;
 
 	for (tries = 0; tries < 2; tries++) {
-		for (w = a->fs_workers; w && w->job; w = w->next)
-			;
-		if (!w)
-			w = worker_spawn(a);
+		w = worker_idle_one(a);
 		if (!w)
 			return errno ? errno : ENOMEM;
 		if (send(w->ctl.fd, j->req, j->req_len, MSG_DONTWAIT |
@@ -554,10 +634,12 @@ static int op_start(struct agent *a, struct fs_job *j)
 /* Data, then the child's response, then the end. */
 static void read_end(struct agent *a, struct fs_job *j)
 {
-	if (j->rx.len)
+	if (j->rx.len) {
 		rx_forward(a, j->id, &j->rx);
-	else
-		fail_text(a, j, "the filesystem child ended unexpectedly");
+		stream_release(a, j);
+		return;
+	}
+	fail_text(a, j, "the filesystem child ended unexpectedly");
 	job_free(a, j, false);
 }
 
@@ -599,33 +681,40 @@ static void read_step(struct agent *a, struct fs_job *j)
 static void on_stream_ctl(struct agent *a, struct watch *w, uint32_t events);
 static void on_write_pipe(struct agent *a, struct watch *w, uint32_t events);
 
+/*
+ * An idle worker becomes the stream's child (a fork for every Read or
+ * Write would cost each one's latency, and the agent's pages their COW
+ * faults): it gets the pipe's other end with the request and its socket
+ * becomes the stream's until the stream ends cleanly.
+ */
 static int stream_start(struct agent *a, struct fs_job *j)
 {
 	bool rd = j->kind == JOB_READ;
-	int sv[2], p[2], mine, theirs;
+	struct fs_worker *w, **pp;
+	int p[2], mine, theirs, r;
 
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK,
-		       0, sv) < 0)
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
 		return errno;
-	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) {
-		close(sv[0]);
-		close(sv[1]);
-		return errno;
-	}
 	mine = rd ? p[0] : p[1];
 	theirs = rd ? p[1] : p[0];
 	fcntl(mine, F_SETPIPE_SZ, FS_PIPE_SIZE);
-	j->pid = fs_fork_child(a, sv[1], theirs, rd);
-	if (j->pid == 0)
-		fs_child_stream(a, j->req, j->req_len, sv[1], theirs);
-	close(sv[1]);
+	w = worker_idle_one(a);
+	r = w ? send_with_fd(w->ctl.fd, j->req, j->req_len, theirs) : -1;
 	close(theirs);
-	watch_fd(a, &j->pipe, mine, 0, rd ? on_read_pipe : on_write_pipe);
-	if (j->pid < 0 || watch_fd(a, &j->ctl, sv[0], EPOLLIN, on_stream_ctl) < 0) {
-		j->pid = 0;
-		close(sv[0]);
-		return errno;
+	if (r < 0) {
+		close(mine);
+		if (w)
+			worker_drop(a, w, true);
+		return EPIPE;
 	}
+	for (pp = &a->fs_workers; *pp != w; pp = &(*pp)->next)
+		;
+	*pp = w->next;
+	agent_unwatch(a, &w->ctl);
+	j->pid = w->pid;
+	watch_fd(a, &j->ctl, w->ctl.fd, EPOLLIN, on_stream_ctl);
+	free(w);
+	watch_fd(a, &j->pipe, mine, 0, rd ? on_read_pipe : on_write_pipe);
 	j->ready = rd;
 	return 0;
 }
@@ -779,7 +868,9 @@ static void on_stream_ctl(struct agent *a, struct watch *w, uint32_t events)
 		rx_forward(a, j->id, &j->rx);
 	else
 		fail_text(a, j, "the filesystem child ended unexpectedly");
-	if (j->committed)
+	if (j->committed && r == RX_FRAME)
+		stream_release(a, j);
+	else if (j->committed)
 		job_free(a, j, false);
 	else
 		write_failed(a, j);
