@@ -511,7 +511,8 @@ static int copy_bytes(int from, int to)
 /* ------------------------------------------------------------------ */
 /* Read (6.3): file -> pipe, in the stream's child                      */
 
-static void child_read(struct agent *a, uint32_t id, const char *path,
+/* True when it ended cleanly (the response is OK). */
+static bool child_read(struct agent *a, uint32_t id, const char *path,
 		       int ctl, int out)
 {
 	int fd, e;
@@ -521,17 +522,19 @@ static void child_read(struct agent *a, uint32_t id, const char *path,
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		respond_errno(a, id, "open", errno);
-		return;
+		return false;
 	}
 	if (!say_opened(ctl))
 		_exit(0);
 	e = clear_nonblock(fd) < 0 ? errno : copy_bytes(fd, out);
+	close(fd);
 	if (e == EPIPE)
 		_exit(0);  /* cancelled */
 	if (e)
 		respond_errno(a, id, "read", e);
 	else
 		respond(a, id, NULL);
+	return !e;
 }
 
 /* ------------------------------------------------------------------ */
@@ -699,7 +702,7 @@ static int write_finish(struct wfile *s)
  * ctl says "put it in place" ('C'), or ctl closes: the upload was
  * aborted and the temporary file goes.
  */
-static void child_write(struct agent *a, uint32_t id,
+static bool child_write(struct agent *a, uint32_t id,
 			const struct fs_request *rq, int ctl, int in)
 {
 	struct wfile s = { .fd = -1, .dirfd = -1 };
@@ -732,6 +735,7 @@ static void child_write(struct agent *a, uint32_t id,
 	else
 		respond(a, id, NULL);
 	write_discard(&s);
+	return !e;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1107,14 +1111,21 @@ void fs_child_stream(struct agent *a, const uint8_t *p, size_t n, int ctl,
 {
 	struct fs_request rq;
 	uint32_t id = 0;
+	bool clean = false;
 
 	if (request_decode(p, n, &id, &rq) < 0 || clear_nonblock(data) < 0)
 		respond_text(a, id, "invalid request", "garbled");
 	else if (rq.op == FS_READ)
-		child_read(a, id, rq.path, ctl, data);
+		clean = child_read(a, id, rq.path, ctl, data);
 	else if (prctl(PR_SET_PDEATHSIG, 0) == 0)  /* clean up, even alone */
-		child_write(a, id, &rq, ctl, data);
+		clean = child_write(a, id, &rq, ctl, data);
 	close(data);  /* a read's end of data, before its response */
+	/* 'R': this worker takes requests again (after an error the agent
+	 * may have said more than we read: we end instead). */
+	if (clean && send(ctl, "R", 1, MSG_NOSIGNAL) != 1)
+		clean = false;
 	fs_child_send(a, ctl);
-	prctl(PR_SET_PDEATHSIG, SIGKILL);  /* a worker again */
+	if (!clean)
+		_exit(0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 }

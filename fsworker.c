@@ -67,7 +67,7 @@
 
 enum job_kind { JOB_OP, JOB_READ, JOB_WRITE, JOB_FAILED, JOB_DYING };
 enum job_state { JS_QUEUED, JS_LANE, JS_OUT };  /* OUT: not in the lane */
-enum { RX_WAIT, RX_MORE, RX_FRAME, RX_OPENED, RX_END };
+enum { RX_WAIT, RX_MORE, RX_FRAME, RX_OPENED, RX_REUSE, RX_END };
 
 struct rx {             /* the frame a child is sending */
 	uint8_t *buf;
@@ -93,6 +93,7 @@ struct fs_job {
 	bool ready;        /* read: the pipe may have data (not watched) */
 	bool ctl_done;     /* read: the child said all it will say */
 	bool killed;       /* dying: SIGKILL sent */
+	bool reusable;     /* the child said it takes requests again */
 	uint64_t seq;      /* arrival order */
 	uint8_t *req;      /* until started: the request for the child */
 	size_t req_len;
@@ -201,8 +202,8 @@ static int rx_read(int fd, struct rx *rx)
 		return RX_MORE;  /* it left our 'C' unread; its frame follows */
 	if (n <= 0)
 		return RX_END;
-	if (rx->len == 0 && n == 1 && p[0] == 'O')
-		return RX_OPENED;
+	if (rx->len == 0 && n == 1 && (p[0] == 'O' || p[0] == 'R'))
+		return p[0] == 'O' ? RX_OPENED : RX_REUSE;
 	rx->len += (size_t)n;
 	if (rx->len < 4)
 		return RX_END;  /* a child sends a whole head at once */
@@ -460,7 +461,7 @@ static void stream_release(struct agent *a, struct fs_job *j)
 {
 	struct fs_worker *w = calloc(1, sizeof(*w));
 
-	if (w && j->pid > 0 && j->ctl.fd >= 0) {
+	if (w && j->reusable && j->pid > 0 && j->ctl.fd >= 0) {
 		if (j->ctl.events)
 			agent_unwatch(a, &j->ctl);
 		w->pid = j->pid;
@@ -490,7 +491,7 @@ static void on_worker(struct agent *a, struct watch *wt, uint32_t events)
 
 	do
 		r = rx_read(w->ctl.fd, &w->rx);
-	while (r == RX_MORE || r == RX_OPENED);
+	while (r == RX_MORE || r == RX_OPENED || r == RX_REUSE);
 	if (r == RX_WAIT)
 		return;
 	j = w->job;
@@ -838,6 +839,10 @@ static void on_stream_ctl(struct agent *a, struct watch *w, uint32_t events)
 
 	for (;;) {
 		r = rx_read(j->ctl.fd, &j->rx);
+		if (r == RX_REUSE) {
+			j->reusable = true;
+			continue;
+		}
 		if (r == RX_OPENED) {
 			if (j->state == JS_LANE) {
 				lane_leave(a, j);
