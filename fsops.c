@@ -474,15 +474,18 @@ static bool say_opened(int ctl)
 	return send(ctl, "O", 1, MSG_NOSIGNAL) == 1;
 }
 
+enum { COPY_ANY, COPY_PLAIN = 2 };
+
 /*
  * Everything from one fd into another: copy_file_range between files,
- * splice where one side is a pipe, read and write otherwise.  0 at the
- * end of from, or the errno of the failed call.
+ * splice where one side is a pipe, read and write otherwise.  COPY_PLAIN
+ * when to is a FIFO or device: a splice into a FIFO whose reader left
+ * fails even when from is at its end.  0 at the end of from, or the
+ * errno of the failed call.
  */
-static int copy_bytes(int from, int to)
+static int copy_bytes(int from, int to, int how)
 {
 	uint8_t buf[FS_READ_CHUNK];
-	int how = 0;  /* 0 copy_file_range, 1 splice, 2 read and write */
 	ssize_t n;
 
 	for (;;) {
@@ -526,7 +529,7 @@ static bool child_read(struct agent *a, uint32_t id, const char *path,
 	}
 	if (!say_opened(ctl))
 		_exit(0);
-	e = clear_nonblock(fd) < 0 ? errno : copy_bytes(fd, out);
+	e = clear_nonblock(fd) < 0 ? errno : copy_bytes(fd, out, COPY_ANY);
 	close(fd);
 	if (e == EPIPE)
 		_exit(0);  /* cancelled */
@@ -668,7 +671,7 @@ static int put_in_place(int dirfd, const char *tmp, const char *base)
 	from = openat(dirfd, tmp, O_RDONLY | O_CLOEXEC);
 	to = openat(dirfd, base, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC |
 		    O_NOCTTY);
-	e = from < 0 || to < 0 ? errno : copy_bytes(from, to);
+	e = from < 0 || to < 0 ? errno : copy_bytes(from, to, COPY_ANY);
 	if (to >= 0 && close(to) < 0 && !e && errno != EINTR)
 		e = errno;
 	if (from >= 0)
@@ -707,6 +710,7 @@ static bool child_write(struct agent *a, uint32_t id,
 {
 	struct wfile s = { .fd = -1, .dirfd = -1 };
 	const char *prefix = "open for write";
+	struct stat st;
 	char c;
 	int e = make_parent(rq->path);
 
@@ -720,7 +724,8 @@ static bool child_write(struct agent *a, uint32_t id,
 	}
 	if (!e) {
 		prefix = "write";
-		e = say_opened(ctl) ? copy_bytes(in, s.fd) : -1;
+		e = say_opened(ctl) ? copy_bytes(in, s.fd, fstat(s.fd, &st) == 0 &&
+			S_ISREG(st.st_mode) ? COPY_ANY : COPY_PLAIN) : -1;
 	}
 	if (e <= 0) {
 		if (e < 0 || recv(ctl, &c, 1, 0) != 1 || c != 'C') {
@@ -911,7 +916,7 @@ static int copy_in_place(int sfd, int dfd, const char *base)
 
 	if (tfd < 0)
 		return errno;
-	e = clear_nonblock(tfd) < 0 ? errno : copy_bytes(sfd, tfd);
+	e = clear_nonblock(tfd) < 0 ? errno : copy_bytes(sfd, tfd, COPY_PLAIN);
 	if (close(tfd) < 0 && !e && errno != EINTR)
 		e = errno;
 	return e;
@@ -964,7 +969,7 @@ static int copy_into(int sfd, const struct stat *sst, const char *dst)
 		e = reg ? copy_in_place(sfd, dfd, base) : errno;
 		goto out;
 	}
-	e = copy_bytes(sfd, tfd);
+	e = copy_bytes(sfd, tfd, COPY_ANY);
 	if (!e && reg)
 		(void)!fchown(tfd, dst_st.st_uid, dst_st.st_gid);
 	if (!e && fchmod(tfd, sst->st_mode & 07777) < 0)
