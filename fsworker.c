@@ -57,7 +57,7 @@
 #define FS_IDLE_KEEP     2         /* idle workers kept */
 #define FS_STREAMS_MAX   64        /* reads, and writes */
 #define FS_FAILED_MAX    256       /* remembered failed write ids */
-#define FS_WQ_MAX        (4u << 20)   /* queued upload bytes per stream */
+#define FS_WQ_MAX        (1u << 20)   /* queued upload bytes per stream */
 #define FS_WQ_TOTAL_MAX  (16u << 20)  /* ... and over all streams */
 #define FS_GIVE_UP_NS    (5ull * 1000000000)
 #define FS_WRITE_IDLE_NS (120ull * 1000000000)
@@ -108,8 +108,15 @@ struct fs_job {
 
 static void lane_run(struct agent *a);
 
-#define JOB_OF(w, member) \
-	((struct fs_job *)((char *)(w) - offsetof(struct fs_job, member)))
+static struct fs_job *job_of_pipe(struct watch *w)
+{
+	return (struct fs_job *)((char *)w - offsetof(struct fs_job, pipe));
+}
+
+static struct fs_job *job_of_ctl(struct watch *w)
+{
+	return (struct fs_job *)((char *)w - offsetof(struct fs_job, ctl));
+}
 
 static uint64_t now_ns(void)
 {
@@ -646,7 +653,7 @@ static void read_end(struct agent *a, struct fs_job *j)
 
 static void on_read_pipe(struct agent *a, struct watch *w, uint32_t events)
 {
-	struct fs_job *j = JOB_OF(w, pipe);
+	struct fs_job *j = job_of_pipe(w);
 
 	agent_unwatch(a, w);
 	j->ready = true;
@@ -760,7 +767,21 @@ static void write_flush(struct agent *a, struct fs_job *j)
 
 static void on_write_pipe(struct agent *a, struct watch *w, uint32_t events)
 {
-	write_flush(a, JOB_OF(w, pipe));
+	write_flush(a, job_of_pipe(w));
+}
+
+static void pipe_direct(struct fs_job *j, struct slice *d)
+{
+	ssize_t n;
+
+	do
+		n = write(j->pipe.fd, d->p, d->n);
+	while (n < 0 && errno == EINTR);
+	if (n > 0) {
+		d->p += n;
+		d->n -= (size_t)n;
+		j->progress = now_ns();
+	}
 }
 
 static int queue_append(struct agent *a, struct fs_job *j, struct slice d)
@@ -795,7 +816,9 @@ void fs_data(struct agent *a, uint32_t id, struct slice data)
 		j->eof = true;
 	else if (j->started && j->pipe.fd < 0)
 		return;  /* the child failed; its response is on the way */
-	else if (queue_append(a, j, data) < 0) {
+	else if (j->started && j->qlen == j->qhead)
+		pipe_direct(j, &data);  /* what the pipe takes needs no copy */
+	if (data.n && queue_append(a, j, data) < 0) {
 		fail_text(a, j, strerror(ENOMEM));
 		write_failed(a, j);
 		return;
@@ -834,7 +857,7 @@ bool fs_writes_blocked(struct agent *a, uint64_t now)
 
 static void on_stream_ctl(struct agent *a, struct watch *w, uint32_t events)
 {
-	struct fs_job *j = JOB_OF(w, ctl);
+	struct fs_job *j = job_of_ctl(w);
 	int r;
 
 	for (;;) {
