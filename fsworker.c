@@ -57,6 +57,7 @@
 #define FS_IDLE_KEEP     2         /* idle workers kept */
 #define FS_STREAMS_MAX   64        /* reads, and writes */
 #define FS_FAILED_MAX    256       /* remembered failed write ids */
+#define FS_DYING_MAX     64        /* given-up children not yet ended */
 #define FS_WQ_MAX        (1u << 20)   /* queued upload bytes per stream */
 #define FS_WQ_TOTAL_MAX  (16u << 20)  /* ... and over all streams */
 #define FS_GIVE_UP_NS    (5ull * 1000000000)
@@ -1020,6 +1021,18 @@ bool fs_queue_full(const struct agent *a)
 	return a->fs_nqueued >= FS_QUEUE_MAX && !lane_stuck(a);
 }
 
+/* Children past their deadline: killed, yet still on their filesystem. */
+static unsigned dying_overdue(const struct agent *a)
+{
+	uint64_t now = now_ns();
+	const struct fs_job *j;
+	unsigned n = 0;
+
+	for (j = a->fs_jobs; j; j = j->next)
+		n += j->kind == JOB_DYING && now >= j->progress;
+	return n;
+}
+
 static const char *limit_text(const struct agent *a, enum fs_op op)
 {
 	if (op == FS_WRITE && a->fs_nwrites >= FS_STREAMS_MAX)
@@ -1028,6 +1041,12 @@ static const char *limit_text(const struct agent *a, enum fs_op op)
 		return "too many concurrent read sessions (limit 64)";
 	if (a->fs_nqueued >= FS_QUEUE_MAX)
 		return "too many requests waiting (limit 256)";
+	/* A killed child whose request the filesystem already took stays
+	 * until the filesystem answers: give up and retry must not pile
+	 * them up without end. */
+	if (dying_overdue(a) >= FS_DYING_MAX)
+		return "too many given-up requests still on their filesystem "
+			"(limit 64)";
 	return NULL;
 }
 
