@@ -20,8 +20,8 @@
  *    Write get a child of their own that leaves the lane once the file is
  *    open, then streams through a pipe: file -> pipe -> data frames (read
  *    only while half the output queue is free, as before), or chunks ->
- *    bounded queue -> pipe -> temporary file, renamed when the agent says
- *    so after the empty chunk;
+ *    bounded queue -> stream socket -> temporary file, renamed when the
+ *    agent says so after the empty chunk;
  *  - a child that holds the lane for FS_STUCK_MS is left to finish on its
  *    own (its answer is still sent when it comes) and the lane moves on:
  *    a hung mount costs a process, never the agent;
@@ -608,6 +608,31 @@ static struct fs_worker *worker_spawn(struct agent *a)
 	return w;
 }
 
+/*
+ * A read's data come through a pipe (the child splices the file in).  An
+ * upload's go through a stream socket: a pipe says "writable" as soon as
+ * one page is free, so agent and child would take turns every 64 KiB;
+ * a socket only once three quarters of its buffer are free.
+ */
+static int data_channel(bool rd, int p[2])
+{
+	int size = FS_PIPE_SIZE;
+
+	if (rd) {
+		if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+			return -1;
+		fcntl(p[0], F_SETPIPE_SZ, size);
+		return 0;
+	}
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+		       p) < 0)
+		return -1;
+	if (setsockopt(p[1], SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
+		setsockopt(p[1], SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+	shutdown(p[1], SHUT_RD);
+	return 0;
+}
+
 static struct fs_worker *worker_idle_one(struct agent *a)
 {
 	struct fs_worker *w;
@@ -702,11 +727,10 @@ static int stream_start(struct agent *a, struct fs_job *j)
 	struct fs_worker *w, **pp;
 	int p[2], mine, theirs, r;
 
-	if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+	if (data_channel(rd, p) < 0)
 		return errno;
 	mine = rd ? p[0] : p[1];
 	theirs = rd ? p[1] : p[0];
-	fcntl(mine, F_SETPIPE_SZ, FS_PIPE_SIZE);
 	w = worker_idle_one(a);
 	r = w ? send_with_fd(w->ctl.fd, j->req, j->req_len, theirs) : -1;
 	close(theirs);
