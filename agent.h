@@ -36,7 +36,8 @@ struct watch {
 };
 
 struct session;    /* session.c */
-struct fs_stream;  /* fsops.c */
+struct fs_job;     /* fsworker.c */
+struct fs_worker;
 
 struct agent {
 	int epfd;
@@ -75,8 +76,15 @@ struct agent {
 	unsigned nsessions;
 	size_t stdin_queued;           /* bytes queued for all children */
 
-	struct fs_stream *fs_streams;  /* live read and write streams */
-	unsigned nwrites;
+	/* fsworker.c: requests from arrival to response, pooled workers */
+	struct fs_job *fs_jobs, *fs_lane;
+	struct fs_worker *fs_workers;
+	unsigned fs_nwrites, fs_nreads, fs_nqueued, fs_nstuck;
+	uint64_t fs_seq, fs_rr;
+	size_t fs_wq_total;            /* upload bytes waiting for pipes */
+	struct watch fs_tick;
+	bool fs_tick_on;
+	int hb_pid;                    /* heartbeat child, 0 = none */
 };
 
 /* ---- agentd.c: output and registration helpers for the modules ---- */
@@ -117,17 +125,47 @@ void sessions_terminate(struct agent *a, int sig);
  * gives up on a child that consumed no stdin for 5 s (SPEC 5.3). */
 bool sessions_stdin_blocked(struct agent *a, uint64_t now_ns);
 
-/* ---- fsops.c: filesystem operations and transfers ---- */
+/* ---- fsworker.c: filesystem requests, run in child processes ---- */
 void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq);
 void fs_data(struct agent *a, uint32_t id, struct slice data);
 /* Output room appeared: continue read streams, fairly. */
 void fs_pump(struct agent *a);
 bool fs_id_live(const struct agent *a, uint32_t id);
-/* Disconnect or shutdown: abort every stream, remove temporary files. */
+/* core.exec.signal on a live fs id: give it up silently.  False when id
+ * is not an fs request. */
+bool fs_cancel(struct agent *a, uint32_t id);
+/* Disconnect or shutdown: abort every request, remove temporary files. */
 void fs_abort_all(struct agent *a);
+/* True while upload queues are over their bounds (the port is not read);
+ * gives up on an upload whose file took nothing for 5 s. */
+bool fs_writes_blocked(struct agent *a, uint64_t now_ns);
+/* The lane's queue is full but moving: take no more frames for now (a
+ * stuck lane refuses requests instead). */
+bool fs_queue_full(const struct agent *a);
+void fs_reaped(struct agent *a, int pid);
+/* Children told to stop that have not exited yet. */
+bool fs_children_left(const struct agent *a);
+/* fork() for a child that does blocking filesystem work: keeps only fds
+ * 0-2, x and y (made blocking); die_with_us: killed when the agent ends. */
+int fs_fork_child(struct agent *a, int x, int y, bool die_with_us);
+
+/* ---- fsops.c: the operations, as the children run them ---- */
+#define FS_MSG_MAX   (64u * 1024)  /* one message on a child's socket */
+#define FS_REQ_HEAD  10            /* id, op, has_mode, mode; then paths */
+void fs_child_op(struct agent *a, const uint8_t *req, size_t n);
+/* Serve one Read or Write; returns when it ended cleanly. */
+void fs_child_stream(struct agent *a, const uint8_t *req, size_t n, int ctl,
+		     int data);
+void fs_child_send(struct agent *a, int fd);
+/* A response for id: "prefix: text", "prefix: strerror(e) (os error e)",
+ * or text alone when prefix is NULL. */
+void fs_respond(struct agent *a, uint32_t id, const char *prefix, int e,
+		const char *text);
 
 /* ---- heartbeat.c ---- */
-int heartbeat_write(struct agent *a);
+/* Starts a child that writes the file, unless the last one still runs. */
+void heartbeat_write(struct agent *a);
+void heartbeat_reaped(struct agent *a, int pid);
 /* Format a CLOCK_REALTIME time as SPEC 8 says; returns length. */
 size_t heartbeat_format_time(char *buf, size_t n, const struct timespec *ts);
 
@@ -137,5 +175,9 @@ int init_run(struct agent *a);
 /* agentd.trace=1: print how long the boot step just done took. */
 void init_trace(struct agent *a, const char *step);
 void init_power_off(void) __attribute__((noreturn));
+/* Shutdown: sync, unmount or remount read-only every real filesystem, in
+ * a child given a deadline, so a hung filesystem cannot stop the
+ * power-off. */
+void init_unmount_all(void);
 
 #endif

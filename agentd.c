@@ -17,7 +17,6 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/epoll.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -293,9 +292,14 @@ static void port_flush(struct agent *a)
 
 static bool port_read_blocked(struct agent *a)
 {
+	uint64_t now = agent_clock_ns(CLOCK_MONOTONIC);
+	bool stdin_full, uploads_full;
+
 	if (out_pending(a) >= OUT_HARD_LIMIT || a->in_backlog)
 		return true;
-	return sessions_stdin_blocked(a, agent_clock_ns(CLOCK_MONOTONIC));
+	stdin_full = sessions_stdin_blocked(a, now);
+	uploads_full = fs_writes_blocked(a, now);
+	return stdin_full || uploads_full;
 }
 
 /* want_out: wake on writability even with nothing queued (after_events). */
@@ -374,7 +378,8 @@ static void dispatch(struct agent *a, uint32_t id, const struct msg *m)
 		session_resize(a, id, m->u.exec_resize.rows, m->u.exec_resize.cols);
 		break;
 	case MSG_EXEC_SIGNAL:
-		session_signal(a, id, m->u.exec_signal.signal);
+		if (!fs_cancel(a, id))
+			session_signal(a, id, m->u.exec_signal.signal);
 		break;
 	case MSG_FS_REQUEST:
 		if (!id_reused(a, id, m->type))
@@ -434,7 +439,7 @@ static void handle_frames(struct agent *a)
 
 	a->in_backlog = false;
 	while (!a->shutting_down) {
-		if (out_pending(a) >= OUT_HARD_LIMIT) {
+		if (out_pending(a) >= OUT_HARD_LIMIT || fs_queue_full(a)) {
 			a->in_backlog = true;
 			return;
 		}
@@ -514,8 +519,11 @@ static void reap_children(struct agent *a)
 	int status;
 	pid_t pid;
 
-	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		fs_reaped(a, pid);
+		heartbeat_reaped(a, pid);
 		session_reaped(a, pid, status);
+	}
 }
 
 static void on_signal(struct agent *a, struct watch *w, uint32_t events)
@@ -593,53 +601,6 @@ static void flush_before_exit(struct agent *a)
 	}
 }
 
-static bool fs_is_virtual(const char *type)
-{
-	static const char *const virt[] = { "proc", "sysfs", "devtmpfs",
-		"devpts", "tmpfs", "cgroup", "cgroup2", "mqueue", "debugfs",
-		"securityfs", "pstore", "bpf", "tracefs", "hugetlbfs",
-		"configfs", "fusectl", "ramfs", "rootfs", "binfmt_misc", NULL };
-	int i;
-
-	for (i = 0; virt[i]; i++)
-		if (!strcmp(type, virt[i]))
-			return true;
-	return false;
-}
-
-/* Unmount or remount read-only every real filesystem, last mounted first. */
-static void remount_read_only(void)
-{
-	char buf[16384], *dirs[128], *line, *next;
-	int fd = open("/proc/self/mounts", O_RDONLY | O_CLOEXEC), n = 0, i;
-	ssize_t len = 0, r;
-
-	while (fd >= 0 && len < (ssize_t)sizeof(buf) - 1 &&
-	       (r = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
-		len += r;
-	if (fd >= 0)
-		close(fd);
-	buf[len] = 0;
-	for (line = buf; line && *line && n < 128; line = next) {
-		char *dev, *dir, *type;
-
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = 0;
-		dev = strsep(&line, " ");
-		dir = strsep(&line, " ");
-		type = strsep(&line, " ");
-		if (dev && dir && type && !fs_is_virtual(type) && strcmp(dir, "/"))
-			dirs[n++] = dir;
-	}
-	sync();
-	for (i = n - 1; i >= 0; i--)
-		if (umount2(dirs[i], 0) < 0)
-			mount(NULL, dirs[i], NULL, MS_REMOUNT | MS_RDONLY, NULL);
-	mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
-	sync();
-}
-
 /* PID 1: nothing may keep a filesystem busy; reap for a bounded time. */
 static void kill_everything(void)
 {
@@ -667,13 +628,13 @@ static void shutdown_finish(struct agent *a)
 		exit(0);
 	}
 	kill_everything();
-	remount_read_only();
+	init_unmount_all();
 	init_power_off();
 }
 
 static bool shutdown_done(struct agent *a)
 {
-	return a->shutdown_phase >= 3 || !a->sessions;
+	return a->shutdown_phase >= 3 || (!a->sessions && !fs_children_left(a));
 }
 
 /* ---- setup ---- */

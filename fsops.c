@@ -1,38 +1,39 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * fsops.c - filesystem operations and file transfer (SPEC 6).
+ * fsops.c - filesystem operations and file transfer (SPEC 6), as the
+ * children of fsworker.c run them: plain synchronous code that may block
+ * on a filesystem for as long as it likes.  A child's responses go into
+ * its own copy of the output queue (agent_send, as on the loop) and
+ * fs_child_send passes the encoded frame to the agent, which forwards it.
  *
- * Every request gets exactly one core.fs.response.  Read and Write are
- * streams kept on a->fs_streams:
- *
- *  - a read stream sends one chunk of at most FS_READ_CHUNK bytes per
- *    turn, only while half the output queue is free, round-robin with the
- *    other read streams (fs_pump), so a download never buffers the file
- *    and never starves an interactive session;
- *  - a write stream writes each core.fs.data chunk synchronously (so a
- *    slow disk holds up the port, not memory) into a temporary file in
- *    the target's directory and renames it into place after the empty
- *    chunk (SPEC 6.4 "agentd's atomic write");
- *  - a failed write leaves a small record so later chunks for the id are
- *    dropped silently until the empty chunk (the 6.4 [FIX]).
+ *  - one-shot requests (Stat, List, Mkdir, Remove, RemoveDir, Copy,
+ *    Rename) answer once;
+ *  - a Read child says "opened" ('O'), copies the file into its pipe,
+ *    then answers; the agent frames the pipe's bytes as core.fs.data;
+ *  - a Write child opens a temporary file in the target's directory,
+ *    says "opened", copies its pipe into the file until the agent closes
+ *    the pipe, and renames the file into place only when the agent then
+ *    sends 'C' (the empty chunk came; SPEC 6.4 "agentd's atomic write").
+ *    Without it the upload was aborted and the temporary file goes.
  *
  * Errors are "<op prefix>: <strerror> (os error N)" with the prefixes of
  * SPEC 6.  Texts agentd adds where there is no errno:
  *   "readdir: listing does not fit in one frame (4194304 bytes)"
- *   "open for write: too many concurrent write sessions (limit 64)"
  *   "remove_dir: directory tree deeper than 256 levels"
- *   "invalid request: id N is already in use"
+ *   (fsworker.c adds the limits and "id N is already in use")
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,30 +41,11 @@
 #include "fmt.h"
 
 #define FS_READ_CHUNK   OUT_READ_CHUNK  /* bytes per core.fs.data */
-#define FS_WRITES_MAX   64              /* concurrent write sessions */
-#define FS_FAILED_MAX   256             /* remembered failed write ids */
+#define FS_PIPE_CHUNK   (1u << 20)      /* bytes per splice */
 #define RMTREE_DEPTH_MAX 256            /* directory fds held by remove_dir */
 #define ERR_TEXT_MAX    320
 /* Envelope and payload bytes of a List response besides the entries. */
 #define LIST_OVERHEAD   128
-
-enum stream_kind {
-	ST_READ,
-	ST_WRITE,
-	ST_FAILED, /* write that already answered; drops data until EOF */
-};
-
-struct fs_stream {
-	struct fs_stream *next;
-	uint32_t id;
-	enum stream_kind kind;
-	int fd;
-	struct watch watch;  /* read: non-regular file that said EAGAIN */
-	bool watched;
-	int dirfd;           /* write: the target's directory, or -1 */
-	char *tmp;           /* write: temporary name in dirfd, NULL = in place */
-	char *base;          /* write: target name in dirfd */
-};
 
 /* ------------------------------------------------------------------ */
 /* Responses                                                           */
@@ -93,6 +75,13 @@ static void respond_text(struct agent *a, uint32_t id, const char *prefix,
 
 	fmt(text, sizeof(text), "%s: %s", prefix, what);
 	respond(a, id, text);
+}
+
+static int clear_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 }
 
 static void close_fd(int *fd)
@@ -457,49 +446,112 @@ static void fs_list(struct agent *a, uint32_t id, const char *path)
 }
 
 /* ------------------------------------------------------------------ */
-/* Streams                                                             */
+/* Talking to the agent, from a child                                  */
 
-static struct fs_stream *stream_find(const struct agent *a, uint32_t id)
+/* Our response frame to the agent, in messages it reads whole. */
+void fs_child_send(struct agent *a, int fd)
 {
-	struct fs_stream *s;
+	size_t off = 0;
 
-	for (s = a->fs_streams; s; s = s->next)
-		if (s->id == id)
-			return s;
-	return NULL;
-}
+	while (off < a->out.len) {
+		size_t n = a->out.len - off;
 
-static struct fs_stream *stream_new(struct agent *a, uint32_t id,
-				    enum stream_kind kind)
-{
-	struct fs_stream *s = calloc(1, sizeof(*s)), **pp;
-
-	if (!s)
-		return NULL;
-	s->id = id;
-	s->kind = kind;
-	s->fd = -1;
-	s->dirfd = -1;
-	for (pp = &a->fs_streams; *pp; pp = &(*pp)->next)
-		;
-	*pp = s;
-	return s;
-}
-
-static void stream_unlink(struct agent *a, struct fs_stream *s)
-{
-	struct fs_stream **pp;
-
-	for (pp = &a->fs_streams; *pp; pp = &(*pp)->next) {
-		if (*pp == s) {
-			*pp = s->next;
-			return;
+		if (n > FS_MSG_MAX)
+			n = FS_MSG_MAX;
+		if (send(fd, a->out.buf + off, n, MSG_NOSIGNAL) < 0) {
+			if (errno == EINTR)
+				continue;
+			_exit(0);  /* the agent gave us up */
 		}
+		off += n;
+	}
+	a->out.len = a->out_head = 0;
+}
+
+/* false: the agent gave us up already. */
+static bool say_opened(int ctl)
+{
+	return send(ctl, "O", 1, MSG_NOSIGNAL) == 1;
+}
+
+enum { COPY_ANY, COPY_PLAIN = 2 };
+
+/*
+ * Everything from one fd into another: copy_file_range between files,
+ * splice where one side is a pipe, read and write otherwise.  COPY_PLAIN
+ * when to is a FIFO or device: a splice into a FIFO whose reader left
+ * fails even when from is at its end.  0 at the end of from, or the
+ * errno of the failed call.
+ */
+static int copy_bytes(int from, int to, int how)
+{
+	uint8_t buf[FS_READ_CHUNK];
+	ssize_t n;
+
+	for (;;) {
+		if (how == 0)
+			n = copy_file_range(from, NULL, to, NULL, 1u << 30, 0);
+		else if (how == 1)
+			n = splice(from, NULL, to, NULL, FS_PIPE_CHUNK, SPLICE_F_MOVE);
+		else
+			n = read(from, buf, sizeof(buf));
+		if (n == 0)
+			return 0;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && how < 2 && (errno == EXDEV || errno == ENOSYS ||
+					 errno == EINVAL || errno == EOPNOTSUPP)) {
+			how++;
+			continue;
+		}
+		if (n < 0)
+			return errno;
+		if (how == 2 && write_all(to, buf, (size_t)n) < 0)
+			return errno;
 	}
 }
 
+/* ------------------------------------------------------------------ */
+/* Read (6.3): file -> pipe, in the stream's child                      */
+
+/* True when it ended cleanly (the response is OK). */
+static bool child_read(struct agent *a, uint32_t id, const char *path,
+		       int ctl, int out)
+{
+	int fd, e;
+
+	/* O_NONBLOCK for the open: a FIFO without a writer reads as empty,
+	 * as it always did. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0) {
+		respond_errno(a, id, "open", errno);
+		return false;
+	}
+	if (!say_opened(ctl))
+		_exit(0);
+	e = clear_nonblock(fd) < 0 ? errno : copy_bytes(fd, out, COPY_ANY);
+	close(fd);
+	if (e == EPIPE)
+		_exit(0);  /* cancelled */
+	if (e)
+		respond_errno(a, id, "read", e);
+	else
+		respond(a, id, NULL);
+	return !e;
+}
+
+/* ------------------------------------------------------------------ */
+/* Write (6.4): pipe -> temporary file, in the stream's child           */
+
+struct wfile {
+	int fd;
+	int dirfd;   /* the target's directory, or -1 */
+	char *tmp;   /* temporary name in dirfd, NULL = in place */
+	char *base;  /* target name in dirfd */
+};
+
 /* Drop a write's resources; the temporary file goes with it. */
-static void write_discard(struct agent *a, struct fs_stream *s)
+static void write_discard(struct wfile *s)
 {
 	close_fd(&s->fd);
 	if (s->tmp && s->dirfd >= 0)
@@ -508,209 +560,14 @@ static void write_discard(struct agent *a, struct fs_stream *s)
 	free(s->tmp);
 	free(s->base);
 	s->tmp = s->base = NULL;
-	if (s->kind == ST_WRITE && a->nwrites > 0)
-		a->nwrites--;
-}
-
-static void stream_free(struct agent *a, struct fs_stream *s)
-{
-	if (s->watched)
-		agent_unwatch(a, &s->watch);
-	write_discard(a, s);
-	stream_unlink(a, s);
-	free(s);
-}
-
-/* Make s the first stream, keeping the cyclic order (fairness). */
-static void streams_rotate_to(struct agent *a, struct fs_stream *s)
-{
-	struct fs_stream *head = a->fs_streams, *t, *prev = NULL;
-
-	if (head == s)
-		return;
-	for (t = head; t && t != s; t = t->next)
-		prev = t;
-	if (!t)
-		return;
-	prev->next = NULL;
-	a->fs_streams = s;
-	for (t = s; t->next; t = t->next)
-		;
-	t->next = head;
-}
-
-/* Forget the oldest failed ids beyond FS_FAILED_MAX. */
-static void failed_trim(struct agent *a)
-{
-	struct fs_stream *s, *oldest = NULL;
-	unsigned n = 0;
-
-	for (s = a->fs_streams; s; s = s->next) {
-		if (s->kind != ST_FAILED)
-			continue;
-		if (!oldest)
-			oldest = s;
-		n++;
-	}
-	if (n > FS_FAILED_MAX)
-		stream_free(a, oldest);
-}
-
-/* ------------------------------------------------------------------ */
-/* Read (6.3)                                                          */
-
-static void read_ready(struct agent *a, struct watch *w, uint32_t events)
-{
-	struct fs_stream *s = (struct fs_stream *)((char *)w -
-						   offsetof(struct fs_stream, watch));
-
-	(void)events;
-	agent_unwatch(a, w);
-	s->watched = false;
-	fs_pump(a);
-}
-
-/* A non-regular file with no data yet: resume when it is readable. */
-static void read_wait(struct agent *a, struct fs_stream *s)
-{
-	s->watch.fd = s->fd;
-	s->watch.handle = read_ready;
-	if (agent_watch(a, &s->watch, EPOLLIN) < 0) {
-		respond_errno(a, s->id, "read", errno);
-		stream_free(a, s);
-		return;
-	}
-	s->watched = true;
-}
-
-/* Send the next chunk of s, or its end.  s may be freed. */
-static void read_step(struct agent *a, struct fs_stream *s)
-{
-	uint8_t buf[FS_READ_CHUNK];
-	struct msg m = { .type = MSG_FS_DATA, .gen = PROTO_GEN_SEED };
-	ssize_t n;
-
-	do
-		n = read(s->fd, buf, sizeof(buf));
-	while (n < 0 && errno == EINTR);
-	if (n > 0) {
-		m.u.data.data.p = buf;
-		m.u.data.data.n = (size_t)n;
-		if (agent_send(a, s->id, &m) == 0)
-			return;
-		errno = EFBIG;
-	}
-	if (n < 0 && errno == EAGAIN) {
-		read_wait(a, s);
-		return;
-	}
-	if (n == 0)
-		respond(a, s->id, NULL);
-	else
-		respond_errno(a, s->id, "read", errno);
-	stream_free(a, s);
-}
-
-static void fs_read(struct agent *a, uint32_t id, const char *path)
-{
-	struct fs_stream *s;
-	int fd;
-
-	/* O_NONBLOCK: a FIFO or terminal must not stall the loop. */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (fd < 0) {
-		respond_errno(a, id, "open", errno);
-		return;
-	}
-	s = stream_new(a, id, ST_READ);
-	if (!s) {
-		close(fd);
-		respond_errno(a, id, "open", ENOMEM);
-		return;
-	}
-	s->fd = fd;
-	fs_pump(a);
-}
-
-static bool read_runnable(const struct fs_stream *s)
-{
-	return s->kind == ST_READ && !s->watched;
-}
-
-/*
- * File reads take the output queue only down to half its room: sessions
- * re-arm their pipes in session_pump and read them on the next event, so
- * if reads filled the queue every round an interactive exec would find
- * no room, ever.  With half kept free its output always gets queued.
- */
-static bool read_room(const struct agent *a)
-{
-	return agent_out_room(a) > OUT_SOFT_LIMIT / 2;
-}
-
-void fs_pump(struct agent *a)
-{
-	bool progress = true;
-
-	while (progress) {
-		struct fs_stream *s, *next;
-
-		progress = false;
-		for (s = a->fs_streams; s; s = next) {
-			next = s->next;
-			if (!read_runnable(s))
-				continue;
-			if (!read_room(a)) {
-				/* Next time, start where this round stopped. */
-				streams_rotate_to(a, s);
-				return;
-			}
-			read_step(a, s);
-			progress = true;
-		}
-	}
-}
-
-/* ------------------------------------------------------------------ */
-/* Write (6.4)                                                         */
-
-/* Answer a failed write once and remember its id (the 6.4 [FIX]). */
-static void write_fail(struct agent *a, struct fs_stream *s,
-		       const char *prefix, int e)
-{
-	respond_errno(a, s->id, prefix, e);
-	write_discard(a, s);
-	s->kind = ST_FAILED;
-	failed_trim(a);
-}
-
-static void write_fail_id(struct agent *a, uint32_t id, const char *prefix,
-			  int e, const char *text)
-{
-	struct fs_stream *s;
-
-	if (text)
-		respond_text(a, id, prefix, text);
-	else
-		respond_errno(a, id, prefix, e);
-	s = stream_new(a, id, ST_FAILED);
-	if (s)
-		failed_trim(a);
-}
-
-static int clear_nonblock(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-
-	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 }
 
 /*
  * The reference's in-place write: follows a symlink, truncates.  Used for
  * targets that are not regular files.  O_NONBLOCK only for the open, so
- * a FIFO without a reader fails instead of blocking PID 1.
+ * a FIFO without a reader fails instead of waiting.
  */
-static int open_in_place(struct fs_stream *s, const char *path)
+static int open_in_place(struct wfile *s, const char *path)
 {
 	s->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC |
 		     O_NOCTTY | O_NONBLOCK, 0666);
@@ -725,7 +582,7 @@ static int open_in_place(struct fs_stream *s, const char *path)
  * write permission on the directory, or a foreign owner we cannot give
  * the copy), fall back to the reference's in-place truncation.
  */
-static int open_replace(struct fs_stream *s, const struct stat *st)
+static int open_replace(struct wfile *s, const struct stat *st)
 {
 	char name[NAME_MAX + 1];
 	int fd, e;
@@ -760,7 +617,7 @@ static int open_replace(struct fs_stream *s, const struct stat *st)
 	return 0;
 }
 
-static int open_new(struct fs_stream *s)
+static int open_new(struct wfile *s)
 {
 	char name[NAME_MAX + 1];
 
@@ -772,7 +629,7 @@ static int open_new(struct fs_stream *s)
 }
 
 /* Open the target of s; 0 or an errno for "open for write". */
-static int write_open_target(struct fs_stream *s, const char *path)
+static int write_open_target(struct wfile *s, const char *path)
 {
 	const char *base;
 	struct stat st;
@@ -798,75 +655,92 @@ static int write_open_target(struct fs_stream *s, const char *path)
 	return open_in_place(s, path);
 }
 
-static void fs_write(struct agent *a, uint32_t id, const struct fs_request *rq)
+/*
+ * Put tmp in dirfd in place of base.  A mount point (a bind-mounted
+ * file such as /etc/hosts) cannot be replaced (EBUSY): its content is
+ * rewritten in place instead.  0 or an errno.
+ */
+static int put_in_place(int dirfd, const char *tmp, const char *base)
 {
-	struct fs_stream *s;
-	int e;
+	int from, to, e;
 
-	if (a->nwrites >= FS_WRITES_MAX) {
-		write_fail_id(a, id, "open for write", 0,
-			      "too many concurrent write sessions (limit 64)");
-		return;
-	}
-	e = make_parent(rq->path);
-	if (e) {
-		write_fail_id(a, id, "mkdir parent", e, NULL);
-		return;
-	}
-	s = stream_new(a, id, ST_WRITE);
-	if (!s) {
-		respond_errno(a, id, "open for write", ENOMEM);
-		return;
-	}
-	a->nwrites++;
-	e = write_open_target(s, rq->path);
-	if (e) {
-		write_fail(a, s, "open for write", e);
-		return;
-	}
-	if (rq->has_mode && fchmod(s->fd, rq->mode & 07777) < 0)
-		write_fail(a, s, "set permissions", errno);
+	if (renameat(dirfd, tmp, dirfd, base) == 0)
+		return 0;
+	if (errno != EBUSY)
+		return errno;
+	from = openat(dirfd, tmp, O_RDONLY | O_CLOEXEC);
+	to = openat(dirfd, base, O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC |
+		    O_NOCTTY);
+	e = from < 0 || to < 0 ? errno : copy_bytes(from, to, COPY_ANY);
+	if (to >= 0 && close(to) < 0 && !e && errno != EINTR)
+		e = errno;
+	if (from >= 0)
+		close(from);
+	if (!e)
+		unlinkat(dirfd, tmp, 0);
+	return e;
 }
 
-/* The empty chunk: close, then move the temporary file into place. */
-static void write_finish(struct agent *a, struct fs_stream *s)
+/* After the agent's commit: close, then move the temporary file into
+ * place.  0 or an errno for "flush". */
+static int write_finish(struct wfile *s)
 {
-	int r = close(s->fd);
+	int r = close(s->fd), e;
 
 	s->fd = -1;
-	if (r < 0 && errno != EINTR) {
-		respond_errno(a, s->id, "flush", errno);
-	} else if (s->tmp && renameat(s->dirfd, s->tmp, s->dirfd, s->base) < 0) {
-		respond_errno(a, s->id, "flush", errno);
-	} else {
+	if (r < 0 && errno != EINTR)
+		return errno;
+	if (!s->tmp)
+		return 0;
+	e = put_in_place(s->dirfd, s->tmp, s->base);
+	if (!e) {
 		free(s->tmp);
-		s->tmp = NULL;  /* renamed: nothing to remove */
-		respond(a, s->id, NULL);
+		s->tmp = NULL;  /* in place: nothing to remove */
 	}
-	stream_free(a, s);
+	return e;
 }
 
-void fs_data(struct agent *a, uint32_t id, struct slice data)
+/*
+ * The data comes through in until the agent closes it; then one byte on
+ * ctl says "put it in place" ('C'), or ctl closes: the upload was
+ * aborted and the temporary file goes.
+ */
+static bool child_write(struct agent *a, uint32_t id,
+			const struct fs_request *rq, int ctl, int in)
 {
-	struct fs_stream *s = stream_find(a, id);
-	char text[64];
+	struct wfile s = { .fd = -1, .dirfd = -1 };
+	const char *prefix = "open for write";
+	struct stat st;
+	char c;
+	int e = make_parent(rq->path);
 
-	if (!s || (s->kind != ST_WRITE && s->kind != ST_FAILED)) {
-		fmt(text, sizeof(text), "unknown write session: %u", id);
-		respond(a, id, text);
-		return;
+	if (e)
+		prefix = "mkdir parent";
+	else
+		e = write_open_target(&s, rq->path);
+	if (!e && rq->has_mode && fchmod(s.fd, rq->mode & 07777) < 0) {
+		prefix = "set permissions";
+		e = errno;
 	}
-	if (s->kind == ST_FAILED) {
-		if (data.n == 0)
-			stream_free(a, s);
-		return;
+	if (!e) {
+		prefix = "write";
+		e = say_opened(ctl) ? copy_bytes(in, s.fd, fstat(s.fd, &st) == 0 &&
+			S_ISREG(st.st_mode) ? COPY_ANY : COPY_PLAIN) : -1;
 	}
-	if (data.n == 0) {
-		write_finish(a, s);
-		return;
+	if (e <= 0) {
+		if (e < 0 || recv(ctl, &c, 1, 0) != 1 || c != 'C') {
+			write_discard(&s);
+			_exit(0);
+		}
+		prefix = "flush";
+		e = write_finish(&s);
 	}
-	if (write_all(s->fd, data.p, data.n) < 0)
-		write_fail(a, s, "write", errno);
+	if (e)
+		respond_errno(a, id, prefix, e);
+	else
+		respond(a, id, NULL);
+	write_discard(&s);
+	return !e;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1033,46 +907,35 @@ static void fs_remove_dir(struct agent *a, uint32_t id, const char *path)
 /* ------------------------------------------------------------------ */
 /* Copy, Rename, Mkdir, Remove (6.5)                                   */
 
-static int copy_bytes(int from, int to)
+/* Copy sfd into base itself, as Write does for devices, FIFOs, and files
+ * where no temporary file can be made (/proc, /sys).  0 or an errno. */
+static int copy_in_place(int sfd, int dfd, const char *base)
 {
-	uint8_t buf[FS_READ_CHUNK];
-	ssize_t n;
+	int tfd = openat(dfd, base, O_WRONLY | O_TRUNC | O_NOFOLLOW |
+			 O_CLOEXEC | O_NOCTTY | O_NONBLOCK), e;
 
-	for (;;) {
-		n = copy_file_range(from, NULL, to, NULL, 1u << 30, 0);
-		if (n == 0)
-			return 0;
-		if (n < 0)
-			break;
-	}
-	if (errno != EXDEV && errno != ENOSYS && errno != EINVAL &&
-	    errno != EOPNOTSUPP)
+	if (tfd < 0)
 		return errno;
-	for (;;) {
-		n = read(from, buf, sizeof(buf));
-		if (n == 0)
-			return 0;
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno;
-		}
-		if (write_all(to, buf, (size_t)n) < 0)
-			return errno;
-	}
+	e = clear_nonblock(tfd) < 0 ? errno : copy_bytes(sfd, tfd, COPY_PLAIN);
+	if (close(tfd) < 0 && !e && errno != EINTR)
+		e = errno;
+	return e;
 }
 
 /*
  * dst is never opened by name: the copy goes to a new O_EXCL|O_NOFOLLOW
  * file in dst's directory that is renamed over dst, so a symlink planted
- * at dst is replaced, not written through.  0 or an errno.
+ * at dst is replaced, not written through.  An existing device, FIFO or
+ * socket is written in place (Copy to /dev/null must not replace it).
+ * 0 or an errno.
  */
 static int copy_into(int sfd, const struct stat *sst, const char *dst)
 {
 	char name[NAME_MAX + 1];
 	const char *base;
 	struct stat dst_st;
-	int dfd, tfd, e, have_dst;
+	int dfd, tfd, e;
+	bool have_dst, reg;
 
 	dfd = open_parent(dst, &base);
 	if (!base) {
@@ -1083,38 +946,41 @@ static int copy_into(int sfd, const struct stat *sst, const char *dst)
 	if (dfd < 0)
 		return errno;
 	have_dst = fstatat(dfd, base, &dst_st, AT_SYMLINK_NOFOLLOW) == 0;
+	reg = have_dst && S_ISREG(dst_st.st_mode);
 	if (have_dst && S_ISDIR(dst_st.st_mode)) {
-		close(dfd);
-		return EISDIR;
+		e = EISDIR;
+		goto out;
 	}
-	if (have_dst && S_ISREG(dst_st.st_mode)) {
+	if (have_dst && !reg && !S_ISLNK(dst_st.st_mode)) {
+		e = copy_in_place(sfd, dfd, base);
+		goto out;
+	}
+	if (reg) {
 		/* The reference would need write access to dst itself. */
 		tfd = openat(dfd, base, O_WRONLY | O_NOFOLLOW | O_CLOEXEC |
 			     O_NONBLOCK | O_NOCTTY);
-		if (tfd < 0) {
-			e = errno;
-			close(dfd);
-			return e;
-		}
+		e = errno;
+		if (tfd < 0)
+			goto out;
 		close(tfd);
 	}
 	tfd = open_temp(dfd, base, name, sizeof(name));
 	if (tfd < 0) {
-		e = errno;
-		close(dfd);
-		return e;
+		e = reg ? copy_in_place(sfd, dfd, base) : errno;
+		goto out;
 	}
-	e = copy_bytes(sfd, tfd);
-	if (!e && have_dst && S_ISREG(dst_st.st_mode))
+	e = copy_bytes(sfd, tfd, COPY_ANY);
+	if (!e && reg)
 		(void)!fchown(tfd, dst_st.st_uid, dst_st.st_gid);
 	if (!e && fchmod(tfd, sst->st_mode & 07777) < 0)
 		e = errno;
 	if (close(tfd) < 0 && !e && errno != EINTR)
 		e = errno;
-	if (!e && renameat(dfd, name, dfd, base) < 0)
-		e = errno;
+	if (!e)
+		e = put_in_place(dfd, name, base);
 	if (e)
 		unlinkat(dfd, name, 0);
+out:
 	close(dfd);
 	return e;
 }
@@ -1186,59 +1052,85 @@ static void fs_remove(struct agent *a, uint32_t id, const char *path)
 		respond(a, id, NULL);
 }
 
-/* ------------------------------------------------------------------ */
-/* Dispatch                                                            */
 
-static bool request_paths_ok(const struct fs_request *rq)
+/* ------------------------------------------------------------------ */
+/* Requests, as the agent passes them to a child                        */
+
+void fs_respond(struct agent *a, uint32_t id, const char *prefix, int e,
+		const char *text)
 {
-	if (rq->op == FS_COPY || rq->op == FS_RENAME)
-		return rq->src && rq->dst;
-	return rq->path != NULL;
+	if (!prefix)
+		respond(a, id, text);
+	else if (text)
+		respond_text(a, id, prefix, text);
+	else
+		respond_errno(a, id, prefix, e);
 }
 
-void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq)
+/* id, op, has_mode, mode, then one or two NUL-terminated paths. */
+static int request_decode(const uint8_t *p, size_t n, uint32_t *id,
+			  struct fs_request *rq)
 {
-	struct fs_stream *s;
-	char text[64];
+	const char *s1 = (const char *)p + FS_REQ_HEAD, *s2;
 
-	s = stream_find(a, id);
-	if (s && s->kind == ST_FAILED) {
-		stream_free(a, s);  /* that exchange is over */
-	} else if (s) {
-		fmt(text, sizeof(text), "id %u is already in use", id);
-		respond_text(a, id, "invalid request", text);
+	memset(rq, 0, sizeof(*rq));
+	if (n < FS_REQ_HEAD + 2 || p[n - 1] != 0)
+		return -1;
+	memcpy(id, p, 4);
+	rq->op = p[4];
+	rq->has_mode = p[5];
+	memcpy(&rq->mode, p + 6, 4);
+	s2 = s1 + strlen(s1) + 1;
+	if (s2 >= (const char *)p + n)
+		return -1;
+	rq->path = rq->src = s1;
+	rq->dst = s2;
+	return 0;
+}
+
+void fs_child_op(struct agent *a, const uint8_t *p, size_t n)
+{
+	struct fs_request rq;
+	uint32_t id = 0;
+
+	if (request_decode(p, n, &id, &rq) < 0) {
+		respond_text(a, id, "invalid request", "garbled");
 		return;
 	}
-	if (!request_paths_ok(rq)) {
-		respond_text(a, id, "invalid request", "missing path");
-		return;
-	}
-	switch (rq->op) {
-	case FS_STAT:       fs_stat(a, id, rq->path); break;
-	case FS_LIST:       fs_list(a, id, rq->path); break;
-	case FS_READ:       fs_read(a, id, rq->path); break;
-	case FS_WRITE:      fs_write(a, id, rq); break;
-	case FS_MKDIR:      fs_mkdir(a, id, rq->path); break;
-	case FS_REMOVE:     fs_remove(a, id, rq->path); break;
-	case FS_REMOVE_DIR: fs_remove_dir(a, id, rq->path); break;
-	case FS_COPY:       fs_copy(a, id, rq->src, rq->dst); break;
-	case FS_RENAME:     fs_rename(a, id, rq->src, rq->dst); break;
+	switch (rq.op) {
+	case FS_STAT:       fs_stat(a, id, rq.path); break;
+	case FS_LIST:       fs_list(a, id, rq.path); break;
+	case FS_MKDIR:      fs_mkdir(a, id, rq.path); break;
+	case FS_REMOVE:     fs_remove(a, id, rq.path); break;
+	case FS_REMOVE_DIR: fs_remove_dir(a, id, rq.path); break;
+	case FS_COPY:       fs_copy(a, id, rq.src, rq.dst); break;
+	case FS_RENAME:     fs_rename(a, id, rq.src, rq.dst); break;
 	default:
 		respond_text(a, id, "invalid request",
 			     "operation not supported in this generation");
 	}
 }
 
-bool fs_id_live(const struct agent *a, uint32_t id)
+void fs_child_stream(struct agent *a, const uint8_t *p, size_t n, int ctl,
+		     int data)
 {
-	const struct fs_stream *s = stream_find(a, id);
+	struct fs_request rq;
+	uint32_t id = 0;
+	bool clean = false;
 
-	return s && (s->kind == ST_READ || s->kind == ST_WRITE);
-}
-
-void fs_abort_all(struct agent *a)
-{
-	while (a->fs_streams)
-		stream_free(a, a->fs_streams);
-	a->nwrites = 0;
+	if (request_decode(p, n, &id, &rq) < 0 || clear_nonblock(data) < 0)
+		respond_text(a, id, "invalid request", "garbled");
+	else if (rq.op == FS_READ)
+		clean = child_read(a, id, rq.path, ctl, data);
+	else if (prctl(PR_SET_PDEATHSIG, 0) == 0)  /* clean up, even alone */
+		clean = child_write(a, id, &rq, ctl, data);
+	close(data);  /* a read's end of data, before its response */
+	/* 'R': this worker takes requests again (after an error the agent
+	 * may have said more than we read: we end instead). */
+	if (clean && send(ctl, "R", 1, MSG_NOSIGNAL) != 1)
+		clean = false;
+	fs_child_send(a, ctl);
+	if (!clean)
+		_exit(0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 }

@@ -7,12 +7,19 @@
  * created afresh (O_EXCL|O_NOFOLLOW, never through a symlink or into a
  * hard link to some other file), then renamed over heartbeat.json (rename
  * replaces a planted symlink itself, not its target).
+ *
+ * The runtime directory is a virtiofs share whose daemon lives on the
+ * host and can stall, so the file is written by a child (issue 14); a new
+ * heartbeat is skipped while the last one's child still runs.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -81,7 +88,7 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-int heartbeat_write(struct agent *a)
+static int heartbeat_file(struct agent *a)
 {
 	char now_s[48], last_s[48], doc[256], tmp[4096], dst[4096];
 	struct timespec now;
@@ -117,4 +124,28 @@ int heartbeat_write(struct agent *a)
 		return -1;
 	}
 	return 0;
+}
+
+void heartbeat_write(struct agent *a)
+{
+	int pid;
+
+	if (a->hb_pid > 0)
+		return;
+	pid = fork();
+	if (pid == 0) {
+		/* Hold nothing of the agent's (a session's stdin pipe, the
+		 * port) while a hung share keeps us here. */
+		syscall(SYS_close_range, 3, ~0u, 0);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		_exit(heartbeat_file(a) < 0);
+	}
+	if (pid > 0)
+		a->hb_pid = pid;
+}
+
+void heartbeat_reaped(struct agent *a, int pid)
+{
+	if (pid == a->hb_pid)
+		a->hb_pid = 0;
 }

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -1036,12 +1038,107 @@ int init_run(struct agent *a)
 	init_power_off();
 }
 
+/* ---- shutdown: filesystems, where a hang cannot stop the power-off ---- */
+
+#define SYNC_DEADLINE_MS     3000
+#define UNMOUNT_DEADLINE_MS  5000
+
+static bool fs_is_virtual(const char *type)
+{
+	static const char *const virt[] = { "proc", "sysfs", "devtmpfs",
+		"devpts", "tmpfs", "cgroup", "cgroup2", "mqueue", "debugfs",
+		"securityfs", "pstore", "bpf", "tracefs", "hugetlbfs",
+		"configfs", "fusectl", "ramfs", "rootfs", "binfmt_misc", NULL };
+	int i;
+
+	for (i = 0; virt[i]; i++)
+		if (!strcmp(type, virt[i]))
+			return true;
+	return false;
+}
+
+/* /proc/self/mounts writes space, tab, newline and backslash as \ooo. */
+static void unescape_octal(char *s)
+{
+	char *d = s;
+
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' &&
+		    s[2] >= '0' && s[2] <= '7' && s[3] >= '0' && s[3] <= '7') {
+			*d++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 |
+				      (s[3] - '0'));
+			s += 3;
+		} else {
+			*d++ = *s;
+		}
+	}
+	*d = '\0';
+}
+
+/* Unmount or remount read-only every real filesystem, last mounted first. */
+static void unmount_all(void)
+{
+	size_t len = 0, n = 0, i;
+	char *buf = read_file("/proc/self/mounts", FILE_MAX, &len);
+	char **dirs = buf ? calloc(len / 4 + 1, sizeof(*dirs)) : NULL;
+	char *line, *next;
+
+	for (line = buf; dirs && line && *line; line = next) {
+		char *dev, *dir, *type;
+
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		dev = strsep(&line, " ");
+		dir = strsep(&line, " ");
+		type = strsep(&line, " ");
+		if (!dev || !dir || !type || fs_is_virtual(type))
+			continue;
+		unescape_octal(dir);
+		if (strcmp(dir, "/"))
+			dirs[n++] = dir;
+	}
+	sync();
+	for (i = n; i-- > 0;)
+		if (umount2(dirs[i], 0) < 0)
+			mount(NULL, dirs[i], NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	sync();
+}
+
+/* fn in a child, waited for at most ms (fn inline if fork fails). */
+static void run_with_deadline(void (*fn)(void), unsigned ms)
+{
+	struct timespec pause_ts = { 0, 10 * 1000000L };
+	unsigned waited;
+	int pid = fork();
+
+	if (pid <= 0) {
+		fn();
+		if (pid == 0)
+			_exit(0);
+		return;
+	}
+	for (waited = 0; waited < ms; waited += 10) {
+		if (waitpid(pid, NULL, WNOHANG) != 0)
+			return;
+		nanosleep(&pause_ts, NULL);
+	}
+	agent_log("filesystems still busy after %u ms; powering off anyway", ms);
+	kill(pid, SIGKILL);
+}
+
+void init_unmount_all(void)
+{
+	run_with_deadline(unmount_all, UNMOUNT_DEADLINE_MS);
+}
+
 void init_power_off(void)
 {
 	/* Never power off the machine we were merely started on for a test. */
 	if (getpid() != 1)
 		_exit(1);
-	sync();
+	run_with_deadline(sync, SYNC_DEADLINE_MS);
 	reboot(RB_POWER_OFF);
 	for (;;)
 		pause();
