@@ -73,6 +73,7 @@ static int jail_fd = -1;          /* the tmpfs root */
 static int real_root_fd = -1, real_cwd_fd = -1;
 static int proc_fd_dir = -1;      /* /proc/self/fd, opened before the jail */
 static bool jailed;
+static bool trace;                /* FUZZ_AGENT_TRACE set */
 static char artifact_dir[PATH_MAX];  /* "" = none given */
 static struct stat artifact_st;
 static dev_t devpts_dev;
@@ -350,6 +351,35 @@ static int fd_count(void)
 /* ------------------------------------------------------------------ */
 /* The agent's output                                                   */
 
+/* FUZZ_AGENT_TRACE=1: what the agent answered (replaying an input). */
+static void trace_frame(uint32_t id, const struct msg *m)
+{
+	const struct fs_response *r = &m->u.fs_response;
+	size_t i;
+
+	dprintf(err_fd, "< %u %s", id, msg_type_name(m->type));
+	switch (m->type) {
+	case MSG_FS_RESPONSE:
+		dprintf(err_fd, " ok=%d %s", r->ok, r->error ? r->error : "");
+		if (r->data_kind == FS_DATA_STAT)
+			dprintf(err_fd, " %s %s", r->stat.kind, r->stat.path);
+		for (i = 0; r->data_kind == FS_DATA_LIST && i < r->nlist; i++)
+			dprintf(err_fd, " %s", r->list[i].path);
+		break;
+	case MSG_EXEC_EXITED:
+		dprintf(err_fd, " code=%d signal=%d", m->u.exec_exited.code,
+			m->u.exec_exited.signal);
+		break;
+	case MSG_EXEC_STDOUT: case MSG_EXEC_STDERR: case MSG_FS_DATA:
+		dprintf(err_fd, " \"%.*s\"", (int)(m->u.data.data.n > 64 ? 64 :
+			m->u.data.data.n), (const char *)m->u.data.data.p);
+		break;
+	default:
+		break;
+	}
+	dprintf(err_fd, "\n");
+}
+
 static void check_frame(const struct frame *f)
 {
 	struct envelope env;
@@ -365,6 +395,8 @@ static void check_frame(const struct frame *f)
 		dprintf(err_fd, "%s: %s\n", msg_type_name(env.type), err.msg);
 		violated("the agent wrote a payload that does not decode");
 	}
+	if (trace)
+		trace_frame(f->id, &m);
 	if (probe_id && f->id == probe_id && env.type == MSG_FS_RESPONSE) {
 		if (!m.u.fs_response.ok || m.u.fs_response.data_kind != FS_DATA_STAT ||
 		    strcmp(m.u.fs_response.stat.kind, "dir"))
@@ -504,6 +536,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	err_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
 	if (err_fd < 0)
 		err_fd = STDERR_FILENO;
+	trace = getenv("FUZZ_AGENT_TRACE") != NULL;
 	find_artifact_dir(*argc, *argv);
 	jail_setup();
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
@@ -540,6 +573,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 	heartbeat_write(&agent);
 	check_answers();
 
+	/* Streams first: a Read of /dev/pts/N would keep a PTY session open. */
+	fs_abort_all(&agent);
 	sessions_terminate(&agent, SIGKILL);
 	if (!sessions_end(KILL_WAIT_MS))
 		violated("a session outlived SIGKILL of its child");
