@@ -54,6 +54,7 @@
 #define STEPS_MAX        4096              /* loop turns per settle */
 #define SESSION_WAIT_MS  100               /* children end on their own */
 #define KILL_WAIT_MS     5000              /* after SIGKILL: must end */
+#define PROBE_WAIT_MS    5000              /* a loaded machine is slow */
 #define STDIN_BOUND      (64u * 1024 * 1024)  /* session.c STDIN_TOTAL_MAX */
 #define HEAP_GROWTH_MAX  (2u * 1024 * 1024)   /* out queue kept cap + slack */
 #define PROBE_ID_BASE    0xfffff000u
@@ -275,6 +276,32 @@ static void jail_remove(void)
 		rmdir(jail);
 }
 
+/*
+ * The agent in the jail can empty its artifact directory, so only a
+ * directory of nothing but libFuzzer's artifacts is bound there (never
+ * the default "./", which would hand the agent the cwd).
+ */
+static bool only_artifacts(const char *dir)
+{
+	static const char *const kinds[] = { "crash-", "leak-", "timeout-",
+		"oom-", "slow-unit-", NULL };
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	bool ok = d != NULL;
+	int i;
+
+	while (ok && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		for (i = 0; kinds[i] && strncmp(e->d_name, kinds[i], strlen(kinds[i])); i++)
+			;
+		ok = kinds[i] != NULL;
+	}
+	if (d)
+		closedir(d);
+	return ok;
+}
+
 /* libFuzzer's -artifact_prefix / -exact_artifact_path: their directory. */
 static void find_artifact_dir(int argc, char **argv)
 {
@@ -289,14 +316,14 @@ static void find_artifact_dir(int argc, char **argv)
 			v = argv[i] + 21;
 	}
 	if (!v)
-		v = "./";
+		return;
 	slash = strrchr(v, '/');
 	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - v) : 1,
 		 slash ? (slash == v ? "/" : v) : ".");
 	r = realpath(dir, NULL);
-	if (!r || !strcmp(r, "/") || stat(r, &artifact_st) < 0) {
-		fprintf(stderr, "fuzz-agent: artifacts in %s are not kept for crashes "
-			"inside the jail\n", dir);
+	if (!r || !strcmp(r, "/") || stat(r, &artifact_st) < 0 || !only_artifacts(r)) {
+		fprintf(stderr, "fuzz-agent: %s holds more than crash files, so it is not "
+			"bound into the jail: a crash inside may lose its input\n", dir);
 		free(r);
 		return;
 	}
@@ -503,6 +530,7 @@ static void check_answers(void)
 	uint8_t buf[128];
 	struct cbor_out o = { buf, 0, sizeof(buf), false };
 	int avail = 0, i;
+	uint64_t end;
 
 	if (agent.shutting_down)
 		return;  /* a shutting-down agent reads nothing more */
@@ -519,7 +547,8 @@ static void check_answers(void)
 		violated("encode the probe");
 	probe_answered = false;
 	send_bytes(buf, o.len);
-	for (i = 0; i < 100 && !probe_answered; i++)
+	end = now_ms() + PROBE_WAIT_MS;
+	for (i = 0; !probe_answered && (i < 2 || now_ms() < end); i++)
 		settle(i ? 10 : 0);
 	if (!probe_answered)
 		violated("the agent did not answer a Stat of /");
