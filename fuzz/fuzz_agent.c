@@ -21,11 +21,13 @@
  * Confinement (the fuzzer runs as root and a fuzzed RemoveDir of "/" is
  * the first thing it tries): in a private mount namespace a small tmpfs
  * (the jail) holds /.msb, /etc, /dev/null, a devpts instance for PTYs,
- * and a bind mount of the artifact directory, so libFuzzer can still save
- * a crash that happens in the jail.  The process is chrooted into the
- * jail for each input and leaves it afterwards (it holds fds of the real
- * root and cwd), so libFuzzer writes its corpus outside.  Between inputs
- * the jail is emptied and rebuilt, so inputs are independent.  No program
+ * and a bind mount of the artifact directory when it holds nothing but
+ * crash files (run-fuzzers gives a dedicated one), so libFuzzer can still
+ * save a crash that happens in the jail.  The process is chrooted into
+ * the jail for each input and leaves it afterwards (it holds fds of the
+ * real root and cwd), so libFuzzer writes its corpus outside.  After an
+ * input that may have changed it the jail is emptied and its files put
+ * back, so inputs are independent.  No program
  * runs: session.c's fuzz build exits in the child right before exec (see
  * fuzz_child_exec), after the real setsid, dup2, chdir, setuid, rlimits.
  */
