@@ -87,7 +87,7 @@ mutants:
 	$(PYTHON) tools/mutants
 
 # ---- fuzzing (clang libFuzzer) ----
-FUZZ_TARGETS = fuzz/fuzz-frames fuzz/fuzz-payload fuzz/fuzz-initcfg
+FUZZ_TARGETS = fuzz/fuzz-frames fuzz/fuzz-payload fuzz/fuzz-initcfg fuzz/fuzz-agent
 FUZZ_FLAGS = $(CSTD) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
 fuzz/fuzz-frames: fuzz/fuzz_frames.c fuzz/fuzz_common.h protocol.c protocol.h
@@ -96,6 +96,10 @@ fuzz/fuzz-payload: fuzz/fuzz_payload.c fuzz/fuzz_common.h protocol.c protocol.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_payload.c protocol.c
 fuzz/fuzz-initcfg: fuzz/fuzz_initcfg.c initcfg.c fmt.c initcfg.h fmt.h
 	$(SAN_CC) $(FUZZ_FLAGS) -o $@ fuzz/fuzz_initcfg.c initcfg.c fmt.c
+
+# The whole agent in-process, confined to a jail (fuzz/fuzz_agent.c; root).
+fuzz/fuzz-agent: fuzz/fuzz_agent.c $(AGENT_SRCS) $(AGENT_HDRS)
+	$(SAN_CC) $(FUZZ_FLAGS) -DAGENTD_FUZZ -Wno-unused-function -o $@ fuzz/fuzz_agent.c $(AGENT_SRCS)
 
 fuzz: $(FUZZ_TARGETS)
 	./fuzz/run-fuzzers $(FUZZ_SECONDS)

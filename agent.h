@@ -110,6 +110,13 @@ int agent_watch_set(struct agent *a, struct watch *w, uint32_t events);
 void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t agent_clock_ns(int clock_id);
 
+#ifdef AGENTD_FUZZ
+/* fuzz/fuzz_agent.c: the loop without main (port_fd: a connected socket). */
+int agent_fuzz_setup(struct agent *a, int port_fd);
+int agent_fuzz_step(struct agent *a, int timeout_ms);  /* events handled */
+void agent_fuzz_reset(struct agent *a);
+#endif
+
 /* ---- session.c: exec sessions ---- */
 void session_exec(struct agent *a, uint32_t id, const struct exec_request *rq);
 void session_stdin(struct agent *a, uint32_t id, struct slice data);

@@ -938,34 +938,84 @@ static void after_events(struct agent *a)
 	port_watch(a, produced);
 }
 
-static void loop_run(struct agent *a)
+/* One wait and its events; how many there were (the fuzzer's step). */
+static int loop_step(struct agent *a, int timeout_ms)
 {
 	struct epoll_event evs[64];
 	int n, i;
 
+	n = epoll_wait(a->epfd, evs, 64, timeout_ms);
+	if (n < 0) {
+		if (errno != EINTR)
+			agent_log("epoll_wait: %s", strerror(errno));
+		return 0;
+	}
+	a->batch = evs;
+	a->batch_n = n;
+	for (i = 0; i < n; i++) {
+		struct watch *w = evs[i].data.ptr;
+
+		a->batch_next = i + 1;
+		if (w)
+			w->handle(a, w, evs[i].events);
+	}
+	a->batch_n = 0;
+	after_events(a);
+	return n;
+}
+
+static void loop_run(struct agent *a)
+{
 	for (;;) {
 		if (a->shutting_down && shutdown_done(a))
 			shutdown_finish(a);
-		n = epoll_wait(a->epfd, evs, 64,
-			       a->reading_paused ? STDIN_CHECK_MS : -1);
-		if (n < 0) {
-			if (errno != EINTR)
-				agent_log("epoll_wait: %s", strerror(errno));
-			continue;
-		}
-		a->batch = evs;
-		a->batch_n = n;
-		for (i = 0; i < n; i++) {
-			struct watch *w = evs[i].data.ptr;
-
-			a->batch_next = i + 1;
-			if (w)
-				w->handle(a, w, evs[i].events);
-		}
-		a->batch_n = 0;
-		after_events(a);
+		loop_step(a, a->reading_paused ? STDIN_CHECK_MS : -1);
 	}
 }
+
+#ifdef AGENTD_FUZZ
+/* The stateful fuzzer (fuzz/fuzz_agent.c) runs the loop in-process. */
+int agent_fuzz_setup(struct agent *a, int port_fd)
+{
+	sigset_t mask;
+
+	a->runtime_dir = "/.msb";
+	a->port_fd = port_fd;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	signal(SIGCHLD, SIG_DFL);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (set_nonblock_cloexec(port_fd) < 0 || loop_setup(a, &mask) < 0)
+		return -1;
+	port_update(a);
+	return 0;
+}
+
+int agent_fuzz_step(struct agent *a, int timeout_ms)
+{
+	return loop_step(a, timeout_ms);
+}
+
+/* Between inputs: no streams, no shutdown, empty queues, a fresh stream
+ * on the port (sessions were ended by the harness). */
+void agent_fuzz_reset(struct agent *a)
+{
+	uint64_t ticks;
+
+	fs_abort_all(a);
+	a->shutting_down = false;
+	a->shutdown_phase = 0;
+	timer_arm(a->grace_timer_fd, 0, 0);
+	if (read(a->grace_timer_fd, &ticks, sizeof(ticks)) < 0)
+		ticks = 0;
+	a->in.start = a->in.len = 0;
+	a->in_backlog = false;
+	out_reset(a);
+	arena_reset(&a->arena);
+	port_update(a);
+}
+#else
 
 int main(int argc, char **argv)
 {
@@ -1024,3 +1074,4 @@ int main(int argc, char **argv)
 	loop_run(a);
 	return 0;
 }
+#endif

@@ -889,6 +889,26 @@ struct child_args {
 	int errfd;
 };
 
+#ifdef AGENTD_FUZZ
+/*
+ * The fuzz build runs no program (fuzz/fuzz_agent.c): the first two
+ * arguments go to stdout and stderr (bounded: 1 KiB each fits any pipe),
+ * and the status is the length of cmd; an empty cmd fails as exec would.
+ * The error pipe closes only when the child is gone: the agent frees the
+ * child's stack at that EOF.
+ */
+static void fuzz_child_exec(const struct spawn *sp)
+{
+	size_t i;
+
+	if (!sp->argv[0][0])
+		return;
+	for (i = 1; i < 3 && sp->argv[i]; i++)
+		raw3(SYS_write, (long)i, (long)sp->argv[i], (long)strnlen(sp->argv[i], 1024));
+	raw1(SYS_exit_group, (long)(strlen(sp->argv[0]) & 0xff));
+}
+#endif
+
 static int child_run(void *arg)
 {
 	struct child_args *c = arg;
@@ -925,6 +945,9 @@ static int child_run(void *arg)
 		if ((r = raw4(SYS_prlimit64, 0, sp->limits[k].res,
 			      (long)&sp->limits[k].lim, 0)) < 0)
 			child_fail(errfd, ST_RLIMIT, (int)-r);
+#ifdef AGENTD_FUZZ
+	fuzz_child_exec(sp);
+#endif
 	child_fail(errfd, ST_EXEC, child_exec(sp));
 }
 
