@@ -959,9 +959,12 @@ static void job_start(struct agent *a, struct fs_job *j)
 		write_flush(a, j);
 }
 
+/* The next request starts only while the output queue is under its soft
+ * limit: a batch of requests whose answers are large (Lists) must not
+ * pile answers up while the host does not read.  fs_pump restarts it. */
 static void lane_run(struct agent *a)
 {
-	while (!a->fs_lane && a->fs_nqueued) {
+	while (!a->fs_lane && a->fs_nqueued && agent_out_room(a)) {
 		struct fs_job *j, *first = NULL;
 
 		for (j = a->fs_jobs; j; j = j->next)
@@ -1146,6 +1149,8 @@ static bool read_room(const struct agent *a)
 void fs_pump(struct agent *a)
 {
 	bool progress = true;
+
+	lane_run(a);
 
 	while (progress && read_room(a)) {
 		struct fs_job *j, *next;
