@@ -38,7 +38,6 @@
 #define FLUSH_WAIT_MS      200        /* last frames before exiting */
 #define STDIN_CHECK_MS     250        /* re-check stdin bounds while paused */
 #define ARENA_LIMIT        (16u * 1024 * 1024)
-#define OUT_KEEP_CAP       (1024u * 1024)
 
 struct options {
 	const char *port_path;
@@ -198,17 +197,65 @@ static int out_reserve(struct agent *a, size_t n)
 			     &a->out.cap, n);
 }
 
-/* An emptied queue gives back memory a burst made it take. */
+/* An emptied queue keeps its buffer while busy; agent_trim frees it. */
 static void out_reset(struct agent *a)
 {
 	a->out.len = 0;
 	a->out_head = 0;
 	a->out.overflow = false;
-	if (a->out.cap > OUT_KEEP_CAP) {
+}
+
+/* Idle: give back what bursts made the queue and the reader take (the
+ * allocator returns blocks this large to the kernel). */
+static void agent_trim(struct agent *a)
+{
+	if (!out_pending(a)) {
+		out_reset(a);
 		free(a->out.buf);
 		a->out.buf = NULL;
 		a->out.cap = 0;
 	}
+	frame_reader_trim(&a->in);
+}
+
+static size_t data_head_len(enum msg_type t, size_t n)
+{
+	struct cbor_out count = { 0 };
+
+	frame_encode_data_head(&count, 0, PROTO_GEN_SEED, t, n);
+	return count.len;
+}
+
+uint8_t *agent_data_space(struct agent *a, enum msg_type t, size_t max)
+{
+	size_t h = data_head_len(t, max);
+
+	if (out_reserve(a, h + max) < 0) {
+		agent_log("send %s: out of memory", msg_type_name(t));
+		return NULL;
+	}
+	return a->out.buf + a->out.len + h;
+}
+
+/*
+ * The data sits behind room for the head of a max-byte frame.  A shorter
+ * head (n < 64 KiB) moves the start of an empty queue up to meet the data;
+ * behind queued frames the data moves down instead.
+ */
+void agent_data_commit(struct agent *a, uint32_t id, enum msg_type t,
+		       size_t max, size_t n)
+{
+	size_t hmax = data_head_len(t, max), h = data_head_len(t, n);
+	uint8_t *data = a->out.buf + a->out.len + hmax;
+
+	if (!n)
+		return;
+	if (h < hmax && !out_pending(a))
+		a->out.len = a->out_head = a->out.len + hmax - h;
+	else if (h < hmax)
+		memmove(data - (hmax - h), data, n);
+	frame_encode_data_head(&a->out, id, PROTO_GEN_SEED, t, n);
+	a->out.len += n;
 }
 
 int agent_send(struct agent *a, uint32_t id, const struct msg *m)
@@ -263,7 +310,7 @@ static void port_lost(struct agent *a, int err, const char *op)
 			  err ? strerror(err) : "disconnected");
 	a->port_down = true;
 	a->port_eof = true;
-	a->in.start = a->in.len = 0;
+	a->in.start = a->in.len = a->in.stream_left = 0;
 	out_reset(a);
 	fs_abort_all(a);
 	port_update(a);
@@ -422,6 +469,48 @@ static void handle_frame(struct agent *a, const struct frame *f)
 	dispatch(a, f->id, &m);
 }
 
+/* Consumers of streamed frames; fs data can join once it has one. */
+static const struct in_sink in_sinks[] = {
+	{ MSG_EXEC_STDIN, session_stdin_room, session_stdin },
+};
+
+/* The frame at the front streams to its consumer: heads consumed. */
+static bool stream_begin(struct agent *a)
+{
+	struct frame_stream fs;
+	enum msg_type t;
+	size_t i;
+
+	if (!frame_stream_probe(&a->in, IN_STREAM_MIN, &fs) ||
+	    fs.v != PROTO_GEN_SEED)
+		return false;
+	t = msg_type_lookup(fs.type.p, fs.type.n);
+	for (i = 0; i < sizeof(in_sinks) / sizeof(in_sinks[0]); i++) {
+		if (in_sinks[i].type == t) {
+			a->in_sink = &in_sinks[i];
+			a->in_sink_id = fs.id;
+			frame_stream_start(&a->in, &fs);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Hand the streamed bytes buffered so far on; false: the consumer is
+ * full, the rest waits in the buffer and the port is not read. */
+static bool stream_feed(struct agent *a)
+{
+	struct slice d = frame_stream_data(&a->in);
+
+	if (!d.n)
+		return true;
+	if (!a->in_sink->room(a, a->in_sink_id))
+		return false;
+	frame_stream_consume(&a->in, d.n);
+	a->in_sink->put(a, a->in_sink_id, d);
+	return true;
+}
+
 /*
  * Every complete frame in the buffer; a shutdown ends the batch.  Past
  * the hard output limit the rest waits in the buffer (in_backlog): one
@@ -438,6 +527,17 @@ static void handle_frames(struct agent *a)
 			a->in_backlog = true;
 			return;
 		}
+		if (a->in.stream_left) {
+			if (!stream_feed(a)) {
+				a->in_backlog = true;
+				return;
+			}
+			if (a->in.stream_left)
+				return;  /* the rest has not arrived */
+			continue;
+		}
+		if (stream_begin(a))
+			continue;
 		switch (frame_next(&a->in, &f)) {
 		case FRAME_NEED_MORE:
 			return;
@@ -985,8 +1085,10 @@ static void loop_run(struct agent *a)
 	for (;;) {
 		if (a->shutting_down && shutdown_done(a))
 			shutdown_finish(a);
-		n = epoll_wait(a->epfd, evs, 64,
-			       a->reading_paused ? STDIN_CHECK_MS : -1);
+		n = epoll_wait(a->epfd, evs, 64, a->reading_paused ? STDIN_CHECK_MS :
+			       a->out.buf || a->in.buf ? IDLE_TRIM_MS : -1);
+		if (!n && !a->reading_paused)
+			agent_trim(a);
 		if (n < 0) {
 			if (errno != EINTR)
 				agent_log("epoll_wait: %s", strerror(errno));

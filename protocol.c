@@ -1740,6 +1740,19 @@ int frame_encode_raw(struct cbor_out *o, uint32_t id, uint8_t flags,
 	return 0;
 }
 
+int frame_encode_data_head(struct cbor_out *o, uint32_t id, uint8_t v,
+			   enum msg_type t, size_t n)
+{
+	size_t plen = 6 + head_size(n) + n;  /* {"data": n bytes} */
+
+	if (frame_begin(o, id, msg_flags(t), v, msg_type_name(t), plen))
+		return -1;
+	cbor_put_map(o, 1);
+	cbor_put_text(o, "data", 4);
+	put_head(o, 2, n);
+	return 0;
+}
+
 int frame_encode_msg(struct cbor_out *o, uint32_t id, uint8_t v, const struct msg *m)
 {
 	struct cbor_out count = { 0 };
@@ -1754,12 +1767,15 @@ int frame_encode_msg(struct cbor_out *o, uint32_t id, uint8_t v, const struct ms
 /* ------------------------------------------------------------------ */
 /* Frame reader (SPEC 1.3-1.5)                                          */
 
+/*
+ * The buffer grows to what the frame at the front needs plus one read
+ * (at most one maximal frame plus one read, SPEC 1.5) and is given back
+ * once it is empty, so a burst of large frames leaves no memory behind.
+ */
 int frame_reader_init(struct frame_reader *r)
 {
 	memset(r, 0, sizeof(*r));
-	r->cap = FRAME_WIRE_MAX + FRAME_READ_CHUNK;
-	r->buf = malloc(r->cap);
-	return r->buf ? 0 : -1;
+	return 0;
 }
 
 void frame_reader_free(struct frame_reader *r)
@@ -1768,15 +1784,56 @@ void frame_reader_free(struct frame_reader *r)
 	memset(r, 0, sizeof(*r));
 }
 
+void frame_reader_trim(struct frame_reader *r)
+{
+	if (r->start == r->len) {
+		free(r->buf);
+		r->buf = NULL;
+		r->start = r->len = r->cap = 0;
+	}
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Bytes the frame at the front needs buffered whole, or 0 if unknown. */
+static size_t front_need(const struct frame_reader *r)
+{
+	uint32_t len;
+
+	if (r->stream_left || r->len - r->start < FRAME_PREFIX)
+		return 0;
+	len = get_be32(r->buf + r->start);
+	return len > FRAME_LEN_MAX ? 0 : FRAME_PREFIX + len;
+}
+
 uint8_t *frame_reader_space(struct frame_reader *r, size_t *room)
 {
+	size_t want, need;
+	uint8_t *p;
+
 	if (r->start) {
 		memmove(r->buf, r->buf + r->start, r->len - r->start);
 		r->len -= r->start;
 		r->start = 0;
 	}
+	if (r->cap > 2 * FRAME_READ_CHUNK && !r->len)
+		frame_reader_trim(r);
+	need = front_need(r);
+	want = (need > r->len ? need : r->len) + FRAME_READ_CHUNK;
+	if (want > FRAME_WIRE_MAX + FRAME_READ_CHUNK)
+		want = FRAME_WIRE_MAX + FRAME_READ_CHUNK;
+	if (r->cap < want) {
+		p = realloc(r->buf, want);
+		if (p) {
+			r->buf = p;
+			r->cap = want;
+		}
+	}
 	*room = r->cap - r->len;
-	return r->buf + r->len;
+	return r->buf ? r->buf + r->len : NULL;
 }
 
 void frame_reader_commit(struct frame_reader *r, size_t n)
@@ -1786,15 +1843,106 @@ void frame_reader_commit(struct frame_reader *r, size_t n)
 
 size_t frame_reader_feed(struct frame_reader *r, const void *p, size_t n)
 {
-	size_t room;
-	uint8_t *d = frame_reader_space(r, &room);
+	size_t room, done = 0, k;
+	uint8_t *d;
 
-	if (n > room)
-		n = room;
-	if (n)
-		memcpy(d, p, n);
-	frame_reader_commit(r, n);
-	return n;
+	while (done < n && (d = frame_reader_space(r, &room)) && room) {
+		k = n - done < room ? n - done : room;
+		memcpy(d, (const uint8_t *)p + done, k);
+		frame_reader_commit(r, k);
+		done += k;
+	}
+	return done;
+}
+
+/* A definite CBOR head at *p (below end): its major type and argument.
+ * 0 when it is incomplete, not definite or not of major `major`. */
+static int head_at(const uint8_t **p, const uint8_t *end, unsigned major,
+		   uint64_t *v)
+{
+	unsigned ai;
+	size_t n, i;
+
+	if (*p >= end || **p >> 5 != major)
+		return 0;
+	ai = **p & 31;
+	n = ai < 24 ? 0 : ai <= 27 ? (size_t)1 << (ai - 24) : 9;
+	if (n > 8 || (size_t)(end - *p) < 1 + n)
+		return 0;
+	*v = ai < 24 ? ai : 0;
+	for (i = 1; i <= n; i++)
+		*v = *v << 8 | (*p)[i];
+	*p += 1 + n;
+	return 1;
+}
+
+/* A definite text head plus its bytes; 0 as head_at. */
+static int text_at(const uint8_t **p, const uint8_t *end, struct slice *t)
+{
+	uint64_t n;
+
+	if (!head_at(p, end, 3, &n) || (uint64_t)(end - *p) < n)
+		return 0;
+	t->p = *p;
+	t->n = (size_t)n;
+	*p += n;
+	return 1;
+}
+
+static int key_is(const uint8_t **p, const uint8_t *end, const char *k)
+{
+	struct slice t;
+
+	return text_at(p, end, &t) && t.n == strlen(k) && !memcmp(t.p, k, t.n);
+}
+
+int frame_stream_probe(const struct frame_reader *r, size_t min_data,
+		       struct frame_stream *s)
+{
+	const uint8_t *f = r->buf + r->start, *end = r->buf + r->len, *p;
+	uint64_t n, plen;
+	uint32_t len;
+
+	if (r->stream_left || end - f < (ptrdiff_t)FRAME_HEADER)
+		return 0;
+	len = get_be32(f);
+	if (len > FRAME_LEN_MAX || (size_t)(end - f) >= FRAME_PREFIX + len)
+		return 0;  /* bad, or complete: frame_next handles it */
+	s->id = get_be32(f + 4);
+	s->flags = f[8];
+	p = f + FRAME_HEADER;
+	if (!head_at(&p, end, 5, &n) || n != 3 || !key_is(&p, end, "v") ||
+	    !head_at(&p, end, 0, &s->v) || !key_is(&p, end, "t") ||
+	    !text_at(&p, end, &s->type) || !key_is(&p, end, "p") ||
+	    !head_at(&p, end, 2, &plen) ||
+	    (uint64_t)(p - f) + plen != FRAME_PREFIX + (uint64_t)len)
+		return 0;
+	if (!head_at(&p, end, 5, &n) || n != 1 || !key_is(&p, end, "data") ||
+	    !head_at(&p, end, 2, &n) ||
+	    (uint64_t)(p - f) + n != FRAME_PREFIX + (uint64_t)len || n < min_data)
+		return 0;
+	s->head_len = (size_t)(p - f);
+	s->data_len = (size_t)n;
+	return 1;
+}
+
+void frame_stream_start(struct frame_reader *r, const struct frame_stream *s)
+{
+	r->start += s->head_len;
+	r->stream_left = s->data_len;
+}
+
+struct slice frame_stream_data(const struct frame_reader *r)
+{
+	size_t n = r->len - r->start;
+
+	return (struct slice){ r->buf + r->start, n < r->stream_left ? n : r->stream_left };
+}
+
+void frame_stream_consume(struct frame_reader *r, size_t n)
+{
+	r->start += n;
+	r->stream_left -= n;
 }
 
 enum frame_status frame_next(struct frame_reader *r, struct frame *f)
@@ -1803,9 +1951,9 @@ enum frame_status frame_next(struct frame_reader *r, struct frame *f)
 	size_t avail = r->len - r->start;
 	uint32_t len;
 
-	if (avail < FRAME_PREFIX)
+	if (avail < FRAME_PREFIX || r->stream_left)
 		return FRAME_NEED_MORE;
-	len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+	len = get_be32(p);
 	if (len > FRAME_LEN_MAX) {
 		/* no resync marker: everything buffered is suspect */
 		r->last_bad_len = len;
