@@ -36,9 +36,10 @@ struct epoll_event;
 /*
  * A data frame whose payload is at least IN_STREAM_MIN bytes and which has
  * not fully arrived goes to its consumer as it arrives (struct in_sink).
- * The port is not read while the consumer takes no more; a child's stdin
- * queue then holds at most STDIN_STREAM_MAX plus one port read, and the
- * frame reader holds heads plus one read instead of the whole frame.
+ * The port is not read while the consumer takes no more: a child's stdin
+ * queue then holds at most STDIN_STREAM_MAX plus one port read (unless the
+ * child read nothing for a second, see session_stdin_room), and the frame
+ * reader holds heads plus one read instead of the whole frame.
  */
 #define IN_STREAM_MIN    (64u * 1024)
 #define STDIN_STREAM_MAX (256u * 1024)

@@ -36,6 +36,7 @@
 #define STDIN_SESSION_MAX  (8u * 1024 * 1024)
 #define STDIN_TOTAL_MAX    (64u * 1024 * 1024)
 #define STDIN_GIVE_UP_NS   (5ull * 1000000000)
+#define STDIN_STREAM_WAIT_NS 1000000000ull
 #define MAX_GROUPS         1024
 /* execve's usual bound on argv plus envp (a quarter of an 8 MiB stack) */
 #define ENV_MAX_ENTRIES    65536
@@ -433,28 +434,21 @@ void session_stdin(struct agent *a, uint32_t id, struct slice data)
 	session_update(a, s);
 }
 
-static void stdin_give_up(struct agent *a, struct session *s)
-{
-	agent_log("exec %u: child read no stdin for 5 s while the port "
-		  "waited; its stdin is closed and %zu bytes dropped",
-		  s->id, stdin_pending(s));
-	stdin_close(a, s);
-	session_update(a, s);
-}
-
-/* A streamed stdin frame goes on while the queue is under its bound;
- * the port then waits, for at most 5 s of no progress (as below). */
+/*
+ * A streamed stdin frame goes on while the queue is under its bound; the
+ * port waits meanwhile.  A child that took nothing for STDIN_STREAM_WAIT_NS
+ * holds the port no longer: the data is queued as an unstreamed frame's
+ * would be, under the bounds below.
+ */
 size_t session_stdin_room(struct agent *a, uint32_t id)
 {
 	struct session *s = session_find(a, id);
 
-	if (!s || s->stdin_dead || s->stdin_eof ||
-	    stdin_pending(s) < STDIN_STREAM_MAX)
-		return SIZE_MAX;  /* taken, or dropped as session_stdin does */
-	if (agent_clock_ns(CLOCK_MONOTONIC) - s->stdin_since < STDIN_GIVE_UP_NS)
+	if (s && !s->stdin_dead && !s->stdin_eof &&
+	    stdin_pending(s) >= STDIN_STREAM_MAX &&
+	    agent_clock_ns(CLOCK_MONOTONIC) - s->stdin_since < STDIN_STREAM_WAIT_NS)
 		return 0;
-	stdin_give_up(a, s);
-	return SIZE_MAX;
+	return SIZE_MAX;  /* taken, queued, or dropped as session_stdin does */
 }
 
 bool sessions_stdin_blocked(struct agent *a, uint64_t now)
@@ -473,7 +467,11 @@ bool sessions_stdin_blocked(struct agent *a, uint64_t now)
 			blocked = true;
 			continue;
 		}
-		stdin_give_up(a, s);
+		agent_log("exec %u: child read no stdin for 5 s while the port "
+			  "waited; its stdin is closed and %zu bytes dropped",
+			  s->id, stdin_pending(s));
+		stdin_close(a, s);
+		session_update(a, s);
 	}
 	return blocked || a->stdin_queued >= STDIN_TOTAL_MAX;
 }
