@@ -478,15 +478,15 @@ static const struct in_sink in_sinks[] = {
 static bool stream_begin(struct agent *a)
 {
 	struct frame_stream fs;
-	enum msg_type t;
+	const char *name;
 	size_t i;
 
 	if (!frame_stream_probe(&a->in, IN_STREAM_MIN, &fs) ||
 	    fs.v != PROTO_GEN_SEED)
 		return false;
-	t = msg_type_lookup(fs.type.p, fs.type.n);
 	for (i = 0; i < sizeof(in_sinks) / sizeof(in_sinks[0]); i++) {
-		if (in_sinks[i].type == t) {
+		name = msg_type_name(in_sinks[i].type);
+		if (strlen(name) == fs.type.n && !memcmp(name, fs.type.p, fs.type.n)) {
 			a->in_sink = &in_sinks[i];
 			a->in_sink_id = fs.id;
 			frame_stream_start(&a->in, &fs);

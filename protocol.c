@@ -1876,24 +1876,13 @@ static int head_at(const uint8_t **p, const uint8_t *end, unsigned major,
 	return 1;
 }
 
-/* A definite text head plus its bytes; 0 as head_at. */
-static int text_at(const uint8_t **p, const uint8_t *end, struct slice *t)
+/* The canonical bytes lit at *p (below end), consumed; 0 if not there. */
+static int lit_at(const uint8_t **p, const uint8_t *end, const char *lit, size_t n)
 {
-	uint64_t n;
-
-	if (!head_at(p, end, 3, &n) || (uint64_t)(end - *p) < n)
+	if ((size_t)(end - *p) < n || memcmp(*p, lit, n))
 		return 0;
-	t->p = *p;
-	t->n = (size_t)n;
 	*p += n;
 	return 1;
-}
-
-static int key_is(const uint8_t **p, const uint8_t *end, const char *k)
-{
-	struct slice t;
-
-	return text_at(p, end, &t) && t.n == strlen(k) && !memcmp(t.p, k, t.n);
 }
 
 int frame_stream_probe(const struct frame_reader *r, size_t min_data,
@@ -1903,22 +1892,25 @@ int frame_stream_probe(const struct frame_reader *r, size_t min_data,
 	uint64_t n, plen;
 	uint32_t len;
 
-	if (r->stream_left || end - f < (ptrdiff_t)FRAME_HEADER)
+	if (r->stream_left || end - f < (ptrdiff_t)FRAME_HEADER + 8)
 		return 0;
 	len = get_be32(f);
 	if (len > FRAME_LEN_MAX || (size_t)(end - f) >= FRAME_PREFIX + len)
 		return 0;  /* bad, or complete: frame_next handles it */
 	s->id = get_be32(f + 4);
 	s->flags = f[8];
+	/* {"v": 0..23, "t": name of 0..23 bytes, "p": ...} */
 	p = f + FRAME_HEADER;
-	if (!head_at(&p, end, 5, &n) || n != 3 || !key_is(&p, end, "v") ||
-	    !head_at(&p, end, 0, &s->v) || !key_is(&p, end, "t") ||
-	    !text_at(&p, end, &s->type) || !key_is(&p, end, "p") ||
-	    !head_at(&p, end, 2, &plen) ||
-	    (uint64_t)(p - f) + plen != FRAME_PREFIX + (uint64_t)len)
+	if (!lit_at(&p, end, "\xa3\x61v", 3) || *p > 23 || p[1] != 0x61 ||
+	    p[2] != 't' || (p[3] & 0xe0) != 0x60 || (p[3] & 31) > 23 ||
+	    end - p < 4 + (p[3] & 31))
 		return 0;
-	if (!head_at(&p, end, 5, &n) || n != 1 || !key_is(&p, end, "data") ||
-	    !head_at(&p, end, 2, &n) ||
+	s->v = *p;
+	s->type = (struct slice){ p + 4, p[3] & 31u };
+	p += 4 + s->type.n;
+	if (!lit_at(&p, end, "\x61p", 2) || !head_at(&p, end, 2, &plen) ||
+	    (uint64_t)(p - f) + plen != FRAME_PREFIX + (uint64_t)len ||
+	    !lit_at(&p, end, "\xa1\x64" "data", 6) || !head_at(&p, end, 2, &n) ||
 	    (uint64_t)(p - f) + n != FRAME_PREFIX + (uint64_t)len || n < min_data)
 		return 0;
 	s->head_len = (size_t)(p - f);
