@@ -557,24 +557,32 @@ static void handle_frames(struct agent *a)
 	}
 }
 
+/*
+ * A virtio port returns one of its small receive buffers per read: gather
+ * up to a read chunk before handling it, so data frames reach a child in
+ * few large writes, not many 4 KiB ones.  An error or EOF behind some
+ * data shows again on the next turn.
+ */
 static void port_read(struct agent *a)
 {
-	size_t room;
+	size_t room, got = 0;
 	uint8_t *p = frame_reader_space(&a->in, &room);
-	ssize_t n;
+	ssize_t n = 0;
 
 	if (!p || !room)
 		return;  /* cannot happen once every frame is taken out */
 	if (room > FRAME_READ_CHUNK)
 		room = FRAME_READ_CHUNK;
-	n = read(a->port_fd, p, room);
-	if (n < 0) {
-		if (errno != EAGAIN && errno != EINTR)
-			port_lost(a, errno, "read");
-		return;
+	while (got < room) {
+		n = read(a->port_fd, p + got, room - got);
+		if (n > 0)
+			got += n;
+		else if (n == 0 || errno != EINTR)
+			break;
 	}
-	if (n == 0) {
-		port_lost(a, 0, "read");
+	if (!got) {
+		if (n == 0 || errno != EAGAIN)
+			port_lost(a, n ? errno : 0, "read");
 		return;
 	}
 	if (a->port_down) {
@@ -582,7 +590,7 @@ static void port_read(struct agent *a)
 		a->port_down = false;
 	}
 	clock_gettime(CLOCK_REALTIME, &a->last_activity);
-	frame_reader_commit(&a->in, n);
+	frame_reader_commit(&a->in, got);
 	handle_frames(a);
 }
 
