@@ -1021,3 +1021,23 @@ def test_stdin_upload_memory_bounded_and_given_back(agent, figures):
     # buffers go back after IDLE_TRIM_MS without events (polled, not timed)
     wait_for(lambda: read_status(pid, "VmRSS") <= before_rss + 32, "VmRSS back to idle")
     figures.record("agent VmHWM, 64 MiB stdin in 3 MiB frames", peak, "kB")
+
+
+def test_concurrent_bulk_stdout_stderr_in_order(agent, tmp_path):
+    """Two children writing megabytes to stdout and stderr at once: the
+    output of each pipe goes out by splice or by copy, frames of the four
+    pipes interleave on the port, and every stream arrives whole and in
+    order."""
+    want = {}
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        for name, size in (("o", 24 * MiB + 1), ("e", 6 * MiB + 7)):
+            want[d, name] = os.urandom(size)
+            (tmp_path / d / name).write_bytes(want[d, name])
+    ids = {d: agent.exec_start("sh", ["-c", "cd %s && { cat o & cat e >&2; wait; }"
+                                      % (tmp_path / d)]) for d in ("a", "b")}
+    for d, i in ids.items():
+        res = agent.collect(i, timeout=300)
+        assert res.code == 0
+        assert res.stdout == want[d, "o"]
+        assert res.stderr == want[d, "e"]
