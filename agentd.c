@@ -283,6 +283,8 @@ int agent_send(struct agent *a, uint32_t id, const struct msg *m)
 	return frame_encode_msg(&a->out, id, m->gen ? m->gen : PROTO_GEN_SEED, m);
 }
 
+static void port_flush(struct agent *a);
+
 bool agent_data_splice(struct agent *a, uint32_t id, enum msg_type t, int fd,
 		       size_t max)
 {
@@ -305,6 +307,8 @@ bool agent_data_splice(struct agent *a, uint32_t id, enum msg_type t, int fd,
 	a->splice_fd = fd;
 	a->splice_left = n;
 	a->splice_at = a->out.len;
+	/* now, so the pipe is usually free again before its next event */
+	port_flush(a);
 	return true;
 }
 
