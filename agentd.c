@@ -1097,6 +1097,13 @@ static int add_timer(struct agent *a, struct watch *w, int *fdp,
 
 static int loop_setup(struct agent *a, const sigset_t *mask)
 {
+	struct stat st;
+
+	/* virtio_console has splice_write, but on Linux 6.1 under QEMU a
+	 * splice into the port queued a zero-sized buffer and QEMU marked the
+	 * port broken for good: only a socket port (host mode, vsock) gets
+	 * splice; a device port gets copies. */
+	a->splice_off = fstat(a->port_fd, &st) < 0 || !S_ISSOCK(st.st_mode);
 	a->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (a->epfd < 0)
 		return -1;
