@@ -30,9 +30,6 @@ struct epoll_event;
  * straight into the queue behind room for the frame head (SPEC bounds:
  * docs/PROTOCOL.md 12). */
 #define EXEC_READ_CHUNK  (256u * 1024)
-/* At least this much waiting in a child's pipe goes to the port by splice
- * (no copy through the agent) after its frame head, up to EXEC_READ_CHUNK. */
-#define SPLICE_MIN       (64u * 1024)
 /* A child's stdout or stdin pipe grows to this once it carries bulk data
  * (fewer wakeups per byte); refused sizes are quietly kept. */
 #define PIPE_BULK_SIZE   (1024u * 1024)
@@ -96,11 +93,6 @@ struct agent {
 	uint32_t in_sink_id;
 	struct cbor_out out;  /* encoded frames waiting for the port */
 	size_t out_head;      /* first byte of out.buf not yet written */
-	/* The port owes splice_left bytes of pipe splice_fd, right after the
-	 * queue's bytes before splice_at; they count as queued output. */
-	int splice_fd;
-	size_t splice_left, splice_at;
-	bool splice_off;      /* the port refused splice: copy instead */
 
 	struct arena arena;   /* per-frame decode scratch */
 
@@ -135,11 +127,6 @@ size_t agent_out_room(const struct agent *a);
 uint8_t *agent_data_space(struct agent *a, enum msg_type t, size_t max);
 void agent_data_commit(struct agent *a, uint32_t id, enum msg_type t,
 		       size_t max, size_t n);
-/* A data frame of what waits in pipe fd (up to max bytes) whose data the
- * port takes by splice; false when that cannot be done now (read instead).
- * Until it is sent, a->splice_fd is fd and fd must not be read. */
-bool agent_data_splice(struct agent *a, uint32_t id, enum msg_type t, int fd,
-		       size_t max);
 /* epoll registration; w->events tracks what is registered.  Unwatching
  * also drops events of w still pending in the current batch, so a watch
  * may be freed right after agent_unwatch. */

@@ -17,7 +17,6 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/epoll.h>
-#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -156,7 +155,7 @@ int agent_watch_set(struct agent *a, struct watch *w, uint32_t events)
 
 static size_t out_pending(const struct agent *a)
 {
-	return a->out.len - a->out_head + a->splice_left;
+	return a->out.len - a->out_head;
 }
 
 size_t agent_out_room(const struct agent *a)
@@ -194,12 +193,8 @@ int queue_reserve(uint8_t **buf, size_t *head, size_t *len, size_t *cap,
 
 static int out_reserve(struct agent *a, size_t n)
 {
-	size_t head = a->out_head;
-	int r = queue_reserve(&a->out.buf, &a->out_head, &a->out.len,
-			      &a->out.cap, n);
-
-	a->splice_at -= head - a->out_head;  /* compacted */
-	return r;
+	return queue_reserve(&a->out.buf, &a->out_head, &a->out.len,
+			     &a->out.cap, n);
 }
 
 /* An emptied queue keeps its buffer while busy; agent_trim frees it. */
@@ -208,8 +203,6 @@ static void out_reset(struct agent *a)
 	a->out.len = 0;
 	a->out_head = 0;
 	a->out.overflow = false;
-	a->splice_fd = -1;
-	a->splice_left = a->splice_at = 0;
 }
 
 /* Idle: give back what bursts made the queue and the reader take (the
@@ -283,61 +276,6 @@ int agent_send(struct agent *a, uint32_t id, const struct msg *m)
 	return frame_encode_msg(&a->out, id, m->gen ? m->gen : PROTO_GEN_SEED, m);
 }
 
-static void port_flush(struct agent *a);
-
-bool agent_data_splice(struct agent *a, uint32_t id, enum msg_type t, int fd,
-		       size_t max)
-{
-	struct cbor_out o;
-	int avail;
-	size_t n, h;
-
-	if (a->splice_off || out_pending(a) || ioctl(fd, FIONREAD, &avail) < 0 ||
-	    avail < (int)SPLICE_MIN)
-		return false;
-	n = (size_t)avail < max ? (size_t)avail : max;
-	h = data_head_len(t, n);
-	if (out_reserve(a, h) < 0)
-		return false;
-	/* Only the head is written here; the capacity covers the data so
-	 * the frame checks pass as for one encoded whole. */
-	o = (struct cbor_out){ a->out.buf + a->out.len, 0, h + n, false };
-	frame_encode_data_head(&o, id, PROTO_GEN_SEED, t, n);
-	a->out.len += o.len;
-	a->splice_fd = fd;
-	a->splice_left = n;
-	a->splice_at = a->out.len;
-	/* now, so the pipe is usually free again before its next event */
-	port_flush(a);
-	return true;
-}
-
-/* The port refused splice: read the owed bytes into their place. */
-static int splice_copy(struct agent *a)
-{
-	size_t n = a->splice_left, got = 0, tail;
-	uint8_t *p;
-	ssize_t r;
-
-	a->splice_off = true;
-	if (out_reserve(a, n) < 0)
-		return -1;
-	p = a->out.buf + a->splice_at;
-	tail = a->out.len - a->splice_at;
-	memmove(p + n, p, tail);
-	while (got < n) {  /* the pipe holds them: nobody else reads it */
-		r = read(a->splice_fd, p + got, n - got);
-		if (r > 0)
-			got += r;
-		else if (r == 0 || errno != EINTR)
-			return -1;
-	}
-	a->out.len += n;
-	a->splice_left = 0;
-	a->splice_fd = -1;
-	return 0;
-}
-
 /* ---- the port ---- */
 
 static void port_update(struct agent *a);
@@ -382,30 +320,19 @@ static void port_lost(struct agent *a, int err, const char *op)
 static void port_flush(struct agent *a)
 {
 	while (out_pending(a) && !a->port_eof) {
-		size_t end = a->splice_fd >= 0 ? a->splice_at : a->out.len;
-		bool queued = a->out_head < end;
-		ssize_t n = queued ?
-			write(a->port_fd, a->out.buf + a->out_head, end - a->out_head) :
-			splice(a->splice_fd, NULL, a->port_fd, NULL, a->splice_left,
-			       SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		ssize_t n = write(a->port_fd, a->out.buf + a->out_head,
+				  out_pending(a));
 
-		if (n > 0 && queued) {
+		if (n > 0) {
 			a->out_head += n;
-		} else if (n > 0) {
-			a->splice_left -= n;
-			if (!a->splice_left)
-				a->splice_fd = -1;
-		} else if (n < 0 && errno == EAGAIN) {
-			return;
-		} else if (n < 0 && !queued && errno == EINVAL) {
-			if (splice_copy(a) < 0) {
-				port_lost(a, errno, "splice");
-				return;
-			}
-		} else if (n == 0 || errno != EINTR) {
-			port_lost(a, n < 0 ? errno : EPIPE, "write");
-			return;
+			continue;
 		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		port_lost(a, n < 0 ? errno : EPIPE, "write");
+		return;
 	}
 	if (!out_pending(a))
 		out_reset(a);
@@ -1097,13 +1024,6 @@ static int add_timer(struct agent *a, struct watch *w, int *fdp,
 
 static int loop_setup(struct agent *a, const sigset_t *mask)
 {
-	struct stat st;
-
-	/* virtio_console has splice_write, but on Linux 6.1 under QEMU a
-	 * splice into the port queued a zero-sized buffer and QEMU marked the
-	 * port broken for good: only a socket port (host mode, vsock) gets
-	 * splice; a device port gets copies. */
-	a->splice_off = fstat(a->port_fd, &st) < 0 || !S_ISSOCK(st.st_mode);
 	a->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (a->epfd < 0)
 		return -1;
@@ -1207,7 +1127,7 @@ int main(int argc, char **argv)
 	a->boot_time_ns = agent_clock_ns(CLOCK_BOOTTIME);
 	a->runtime_dir = "/.msb";
 	a->heartbeat_interval = 5;
-	a->port_fd = a->epfd = a->sig_fd = a->splice_fd = -1;
+	a->port_fd = a->epfd = a->sig_fd = -1;
 	r = parse_options(argc, argv, a, &o);
 	if (r)
 		return r > 0 ? 0 : 2;

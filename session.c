@@ -200,20 +200,14 @@ static size_t stdin_pending(const struct session *s)
 
 static void session_update(struct agent *a, struct session *s)
 {
-	bool room = agent_out_room(a) > 0, owed = a->splice_fd >= 0;
+	bool room = agent_out_room(a) > 0;
 	uint32_t out_ev = 0, err_ev = 0, in_ev = 0;
 
 	if (s->started) {
 		if (room) {
 			out_ev = EPOLLIN;
 			err_ev = EPOLLIN;
-		}
-		/* a pipe the port owes bytes of is not read until they went */
-		if (owed && s->out.fd == a->splice_fd)
-			out_ev = 0;
-		if (owed && s->err.fd == a->splice_fd)
-			err_ev = 0;
-		if (!room || (owed && (!out_ev || !err_ev))) {
+		} else {
 			s->out_paused = true;
 			a->sessions_paused = true;
 		}
@@ -293,10 +287,7 @@ static void on_output(struct agent *a, struct session *s, struct watch *w,
 		stdin_flush(a, s);
 	if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || w->fd < 0 || s->pty_eof)
 		return;
-	if (!agent_out_room(a) || w->fd == a->splice_fd ||
-	    (!s->tty && agent_data_splice(a, s->id, t, w->fd, EXEC_READ_CHUNK))) {
-		if (w->fd == a->splice_fd && w == &s->out)
-			pipe_grow(w->fd, &s->out_grown);
+	if (!agent_out_room(a)) {
 		session_update(a, s);
 		return;
 	}
