@@ -26,9 +26,9 @@ struct epoll_event;
 #define OUT_SOFT_LIMIT   (256u * 1024)
 #define OUT_HARD_LIMIT   (8u * 1024 * 1024)
 #define OUT_READ_CHUNK   (64u * 1024)   /* one read from a file */
-/* One read of a child's output, sent as one data frame with no copy: read
- * straight into the queue behind room for the frame head (SPEC bounds:
- * docs/PROTOCOL.md 12). */
+/* At most one read of a child's output (what the soft limit leaves, at
+ * least OUT_READ_CHUNK), sent as one data frame with no copy: read straight
+ * into the queue behind room for the frame head (docs/PROTOCOL.md 12). */
 #define EXEC_READ_CHUNK  (256u * 1024)
 /* A child's stdout or stdin pipe grows to this once it carries bulk data
  * (fewer wakeups per byte); refused sizes are quietly kept. */

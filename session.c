@@ -257,14 +257,20 @@ static void pipe_grow(int fd, bool *grown)
 static bool output_read(struct agent *a, struct session *s, struct watch *w,
 			enum msg_type t)
 {
-	uint8_t *p = agent_data_space(a, t, EXEC_READ_CHUNK);
+	/* as much as the soft limit leaves, at least a file read's worth:
+	 * the queue stays under the same bound as with 64 KiB reads */
+	size_t max = agent_out_room(a);
+	uint8_t *p;
 	ssize_t n;
 
+	max = max < OUT_READ_CHUNK ? OUT_READ_CHUNK :
+	      max > EXEC_READ_CHUNK ? EXEC_READ_CHUNK : max;
+	p = agent_data_space(a, t, max);
 	if (!p)
 		return true;
-	n = read(w->fd, p, EXEC_READ_CHUNK);
+	n = read(w->fd, p, max);
 	if (n > 0) {
-		agent_data_commit(a, s->id, t, EXEC_READ_CHUNK, n);
+		agent_data_commit(a, s->id, t, max, n);
 		if (n >= 65536 && w == &s->out && !s->tty)
 			pipe_grow(w->fd, &s->out_grown);
 		return true;
