@@ -1888,12 +1888,14 @@ static int lit_at(const uint8_t **p, const uint8_t *end, const char *lit, size_t
 int frame_stream_probe(const struct frame_reader *r, size_t min_data,
 		       struct frame_stream *s)
 {
-	const uint8_t *f = r->buf + r->start, *end = r->buf + r->len, *p;
+	const uint8_t *f, *end, *p;
 	uint64_t n, plen;
 	uint32_t len;
 
-	if (r->stream_left || end - f < (ptrdiff_t)FRAME_HEADER + 8)
+	if (r->stream_left || r->len - r->start < FRAME_HEADER + 8)
 		return 0;
+	f = r->buf + r->start;
+	end = r->buf + r->len;
 	len = get_be32(f);
 	if (len > FRAME_LEN_MAX || (size_t)(end - f) >= FRAME_PREFIX + len)
 		return 0;  /* bad, or complete: frame_next handles it */
@@ -1939,12 +1941,13 @@ void frame_stream_consume(struct frame_reader *r, size_t n)
 
 enum frame_status frame_next(struct frame_reader *r, struct frame *f)
 {
-	const uint8_t *p = r->buf + r->start;
 	size_t avail = r->len - r->start;
+	const uint8_t *p;
 	uint32_t len;
 
 	if (avail < FRAME_PREFIX || r->stream_left)
-		return FRAME_NEED_MORE;
+		return FRAME_NEED_MORE;  /* (buf may still be NULL) */
+	p = r->buf + r->start;
 	len = get_be32(p);
 	if (len > FRAME_LEN_MAX) {
 		/* no resync marker: everything buffered is suspect */
