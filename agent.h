@@ -25,7 +25,27 @@ struct epoll_event;
  */
 #define OUT_SOFT_LIMIT   (256u * 1024)
 #define OUT_HARD_LIMIT   (8u * 1024 * 1024)
-#define OUT_READ_CHUNK   (64u * 1024)   /* one read from a child or file */
+#define OUT_READ_CHUNK   (64u * 1024)   /* one read from a file */
+/* At most one read of a child's output (what the soft limit leaves, at
+ * least OUT_READ_CHUNK), sent as one data frame with no copy: read straight
+ * into the queue behind room for the frame head (docs/PROTOCOL.md 12). */
+#define EXEC_READ_CHUNK  (256u * 1024)
+/* A child's stdout or stdin pipe grows to this once it carries bulk data
+ * (fewer wakeups per byte); refused sizes are quietly kept. */
+#define PIPE_BULK_SIZE   (1024u * 1024)
+/*
+ * A data frame whose payload is at least IN_STREAM_MIN bytes and which has
+ * not fully arrived goes to its consumer as it arrives (struct in_sink).
+ * The port is not read while the consumer takes no more: a child's stdin
+ * queue then holds at most STDIN_STREAM_MAX plus one port read (unless the
+ * child read nothing for a second, see session_stdin_room), and the frame
+ * reader holds heads plus one read instead of the whole frame.
+ */
+#define IN_STREAM_MIN    (64u * 1024)
+#define STDIN_STREAM_MAX (256u * 1024)
+/* Buffers above their idle size go back to the allocator after this long
+ * without events. */
+#define IDLE_TRIM_MS     250
 
 /* An fd registered with epoll: data.ptr points at one of these. */
 struct agent;
@@ -38,6 +58,15 @@ struct watch {
 struct session;    /* session.c */
 struct fs_job;     /* fsworker.c */
 struct fs_worker;
+
+/* A consumer of streamed data frames of one type (see IN_STREAM_MIN).
+ * room: 0 = not now (the port waits), else take any amount; put gets the
+ * data in order, in pieces, never empty. */
+struct in_sink {
+	enum msg_type type;
+	size_t (*room)(struct agent *a, uint32_t id);
+	void (*put)(struct agent *a, uint32_t id, struct slice data);
+};
 
 struct agent {
 	int epfd;
@@ -60,6 +89,8 @@ struct agent {
 	int batch_next, batch_n;
 
 	struct frame_reader in;
+	const struct in_sink *in_sink;  /* consumer of the frame streaming in */
+	uint32_t in_sink_id;
 	struct cbor_out out;  /* encoded frames waiting for the port */
 	size_t out_head;      /* first byte of out.buf not yet written */
 
@@ -98,6 +129,11 @@ int queue_reserve(uint8_t **buf, size_t *head, size_t *len, size_t *cap,
 		  size_t n);
 /* Room left under the soft limit, for bulk producers. */
 size_t agent_out_room(const struct agent *a);
+/* A data frame read straight into the queue: where up to max bytes go,
+ * then the frame completed with the n bytes put there (0 = nothing). */
+uint8_t *agent_data_space(struct agent *a, enum msg_type t, size_t max);
+void agent_data_commit(struct agent *a, uint32_t id, enum msg_type t,
+		       size_t max, size_t n);
 /* epoll registration; w->events tracks what is registered.  Unwatching
  * also drops events of w still pending in the current batch, so a watch
  * may be freed right after agent_unwatch. */
@@ -120,6 +156,7 @@ void agent_fuzz_reset(struct agent *a);
 /* ---- session.c: exec sessions ---- */
 void session_exec(struct agent *a, uint32_t id, const struct exec_request *rq);
 void session_stdin(struct agent *a, uint32_t id, struct slice data);
+size_t session_stdin_room(struct agent *a, uint32_t id);
 void session_resize(struct agent *a, uint32_t id, uint16_t rows, uint16_t cols);
 void session_signal(struct agent *a, uint32_t id, int32_t sig);
 /* A reaped child: routes the status to its session, if any. */

@@ -37,7 +37,6 @@
 #define FLUSH_WAIT_MS      200        /* last frames before exiting */
 #define STDIN_CHECK_MS     250        /* re-check stdin bounds while paused */
 #define ARENA_LIMIT        (16u * 1024 * 1024)
-#define OUT_KEEP_CAP       (1024u * 1024)
 
 struct options {
 	const char *port_path;
@@ -197,17 +196,65 @@ static int out_reserve(struct agent *a, size_t n)
 			     &a->out.cap, n);
 }
 
-/* An emptied queue gives back memory a burst made it take. */
+/* An emptied queue keeps its buffer while busy; agent_trim frees it. */
 static void out_reset(struct agent *a)
 {
 	a->out.len = 0;
 	a->out_head = 0;
 	a->out.overflow = false;
-	if (a->out.cap > OUT_KEEP_CAP) {
+}
+
+/* Idle: give back what bursts made the queue and the reader take (the
+ * allocator returns blocks this large to the kernel). */
+static void agent_trim(struct agent *a)
+{
+	if (!out_pending(a)) {
+		out_reset(a);
 		free(a->out.buf);
 		a->out.buf = NULL;
 		a->out.cap = 0;
 	}
+	frame_reader_trim(&a->in);
+}
+
+static size_t data_head_len(enum msg_type t, size_t n)
+{
+	struct cbor_out count = { 0 };
+
+	frame_encode_data_head(&count, 0, PROTO_GEN_SEED, t, n);
+	return count.len;
+}
+
+uint8_t *agent_data_space(struct agent *a, enum msg_type t, size_t max)
+{
+	size_t h = data_head_len(t, max);
+
+	if (out_reserve(a, h + max) < 0) {
+		agent_log("send %s: out of memory", msg_type_name(t));
+		return NULL;
+	}
+	return a->out.buf + a->out.len + h;
+}
+
+/*
+ * The data sits behind room for the head of a max-byte frame.  A shorter
+ * head (n < 64 KiB) moves the start of an empty queue up to meet the data;
+ * behind queued frames the data moves down instead.
+ */
+void agent_data_commit(struct agent *a, uint32_t id, enum msg_type t,
+		       size_t max, size_t n)
+{
+	size_t hmax = data_head_len(t, max), h = data_head_len(t, n);
+	uint8_t *data = a->out.buf + a->out.len + hmax;
+
+	if (!n)
+		return;
+	if (h < hmax && !out_pending(a))
+		a->out.len = a->out_head = a->out.len + hmax - h;
+	else if (h < hmax)
+		memmove(data - (hmax - h), data, n);
+	frame_encode_data_head(&a->out, id, PROTO_GEN_SEED, t, n);
+	a->out.len += n;
 }
 
 int agent_send(struct agent *a, uint32_t id, const struct msg *m)
@@ -262,7 +309,7 @@ static void port_lost(struct agent *a, int err, const char *op)
 			  err ? strerror(err) : "disconnected");
 	a->port_down = true;
 	a->port_eof = true;
-	a->in.start = a->in.len = 0;
+	a->in.start = a->in.len = a->in.stream_left = 0;
 	out_reset(a);
 	fs_abort_all(a);
 	port_update(a);
@@ -427,6 +474,48 @@ static void handle_frame(struct agent *a, const struct frame *f)
 	dispatch(a, f->id, &m);
 }
 
+/* Consumers of streamed frames; fs data can join once it has one. */
+static const struct in_sink in_sinks[] = {
+	{ MSG_EXEC_STDIN, session_stdin_room, session_stdin },
+};
+
+/* The frame at the front streams to its consumer: heads consumed. */
+static bool stream_begin(struct agent *a)
+{
+	struct frame_stream fs;
+	const char *name;
+	size_t i;
+
+	if (!frame_stream_probe(&a->in, IN_STREAM_MIN, &fs) ||
+	    fs.v != PROTO_GEN_SEED)
+		return false;
+	for (i = 0; i < sizeof(in_sinks) / sizeof(in_sinks[0]); i++) {
+		name = msg_type_name(in_sinks[i].type);
+		if (strlen(name) == fs.type.n && !memcmp(name, fs.type.p, fs.type.n)) {
+			a->in_sink = &in_sinks[i];
+			a->in_sink_id = fs.id;
+			frame_stream_start(&a->in, &fs);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Hand the streamed bytes buffered so far on; false: the consumer is
+ * full, the rest waits in the buffer and the port is not read. */
+static bool stream_feed(struct agent *a)
+{
+	struct slice d = frame_stream_data(&a->in);
+
+	if (!d.n)
+		return true;
+	if (!a->in_sink->room(a, a->in_sink_id))
+		return false;
+	frame_stream_consume(&a->in, d.n);
+	a->in_sink->put(a, a->in_sink_id, d);
+	return true;
+}
+
 /*
  * Every complete frame in the buffer; a shutdown ends the batch.  Past
  * the hard output limit the rest waits in the buffer (in_backlog): one
@@ -443,6 +532,17 @@ static void handle_frames(struct agent *a)
 			a->in_backlog = true;
 			return;
 		}
+		if (a->in.stream_left) {
+			if (!stream_feed(a)) {
+				a->in_backlog = true;
+				return;
+			}
+			if (a->in.stream_left)
+				return;  /* the rest has not arrived */
+			continue;
+		}
+		if (stream_begin(a))
+			continue;
 		switch (frame_next(&a->in, &f)) {
 		case FRAME_NEED_MORE:
 			return;
@@ -462,24 +562,32 @@ static void handle_frames(struct agent *a)
 	}
 }
 
+/*
+ * A virtio port returns one of its small receive buffers per read: gather
+ * up to a read chunk before handling it, so data frames reach a child in
+ * few large writes, not many 4 KiB ones.  An error or EOF behind some
+ * data shows again on the next turn.
+ */
 static void port_read(struct agent *a)
 {
-	size_t room;
+	size_t room, got = 0;
 	uint8_t *p = frame_reader_space(&a->in, &room);
-	ssize_t n;
+	ssize_t n = 0;
 
 	if (!p || !room)
 		return;  /* cannot happen once every frame is taken out */
 	if (room > FRAME_READ_CHUNK)
 		room = FRAME_READ_CHUNK;
-	n = read(a->port_fd, p, room);
-	if (n < 0) {
-		if (errno != EAGAIN && errno != EINTR)
-			port_lost(a, errno, "read");
-		return;
+	while (got < room) {
+		n = read(a->port_fd, p + got, room - got);
+		if (n > 0)
+			got += n;
+		else if (n == 0 || errno != EINTR)
+			break;
 	}
-	if (n == 0) {
-		port_lost(a, 0, "read");
+	if (!got) {
+		if (n == 0 || errno != EAGAIN)
+			port_lost(a, n ? errno : 0, "read");
 		return;
 	}
 	if (a->port_down) {
@@ -487,7 +595,7 @@ static void port_read(struct agent *a)
 		a->port_down = false;
 	}
 	clock_gettime(CLOCK_REALTIME, &a->last_activity);
-	frame_reader_commit(&a->in, n);
+	frame_reader_commit(&a->in, got);
 	handle_frames(a);
 }
 
@@ -969,7 +1077,11 @@ static void loop_run(struct agent *a)
 	for (;;) {
 		if (a->shutting_down && shutdown_done(a))
 			shutdown_finish(a);
-		loop_step(a, a->reading_paused ? STDIN_CHECK_MS : -1);
+		/* Idle for IDLE_TRIM_MS with buffers held: give them back. */
+		if (!loop_step(a, a->reading_paused ? STDIN_CHECK_MS :
+			       a->out.buf || a->in.buf ? IDLE_TRIM_MS : -1) &&
+		    !a->reading_paused)
+			agent_trim(a);
 	}
 }
 

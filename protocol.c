@@ -1740,6 +1740,19 @@ int frame_encode_raw(struct cbor_out *o, uint32_t id, uint8_t flags,
 	return 0;
 }
 
+int frame_encode_data_head(struct cbor_out *o, uint32_t id, uint8_t v,
+			   enum msg_type t, size_t n)
+{
+	size_t plen = 6 + head_size(n) + n;  /* {"data": n bytes} */
+
+	if (frame_begin(o, id, msg_flags(t), v, msg_type_name(t), plen))
+		return -1;
+	cbor_put_map(o, 1);
+	cbor_put_text(o, "data", 4);
+	put_head(o, 2, n);
+	return 0;
+}
+
 int frame_encode_msg(struct cbor_out *o, uint32_t id, uint8_t v, const struct msg *m)
 {
 	struct cbor_out count = { 0 };
@@ -1754,12 +1767,15 @@ int frame_encode_msg(struct cbor_out *o, uint32_t id, uint8_t v, const struct ms
 /* ------------------------------------------------------------------ */
 /* Frame reader (SPEC 1.3-1.5)                                          */
 
+/*
+ * The buffer grows to what the frame at the front needs plus one read
+ * (at most one maximal frame plus one read, SPEC 1.5) and is given back
+ * once it is empty, so a burst of large frames leaves no memory behind.
+ */
 int frame_reader_init(struct frame_reader *r)
 {
 	memset(r, 0, sizeof(*r));
-	r->cap = FRAME_WIRE_MAX + FRAME_READ_CHUNK;
-	r->buf = malloc(r->cap);
-	return r->buf ? 0 : -1;
+	return 0;
 }
 
 void frame_reader_free(struct frame_reader *r)
@@ -1768,15 +1784,56 @@ void frame_reader_free(struct frame_reader *r)
 	memset(r, 0, sizeof(*r));
 }
 
+void frame_reader_trim(struct frame_reader *r)
+{
+	if (r->start == r->len) {
+		free(r->buf);
+		r->buf = NULL;
+		r->start = r->len = r->cap = 0;
+	}
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Bytes the frame at the front needs buffered whole, or 0 if unknown. */
+static size_t front_need(const struct frame_reader *r)
+{
+	uint32_t len;
+
+	if (r->stream_left || r->len - r->start < FRAME_PREFIX)
+		return 0;
+	len = get_be32(r->buf + r->start);
+	return len > FRAME_LEN_MAX ? 0 : FRAME_PREFIX + len;
+}
+
 uint8_t *frame_reader_space(struct frame_reader *r, size_t *room)
 {
+	size_t want, need;
+	uint8_t *p;
+
 	if (r->start) {
 		memmove(r->buf, r->buf + r->start, r->len - r->start);
 		r->len -= r->start;
 		r->start = 0;
 	}
+	if (r->cap > 2 * FRAME_READ_CHUNK && !r->len)
+		frame_reader_trim(r);
+	need = front_need(r);
+	want = (need > r->len ? need : r->len) + FRAME_READ_CHUNK;
+	if (want > FRAME_WIRE_MAX + FRAME_READ_CHUNK)
+		want = FRAME_WIRE_MAX + FRAME_READ_CHUNK;
+	if (r->cap < want) {
+		p = realloc(r->buf, want);
+		if (p) {
+			r->buf = p;
+			r->cap = want;
+		}
+	}
 	*room = r->cap - r->len;
-	return r->buf + r->len;
+	return r->buf ? r->buf + r->len : NULL;
 }
 
 void frame_reader_commit(struct frame_reader *r, size_t n)
@@ -1786,26 +1843,112 @@ void frame_reader_commit(struct frame_reader *r, size_t n)
 
 size_t frame_reader_feed(struct frame_reader *r, const void *p, size_t n)
 {
-	size_t room;
-	uint8_t *d = frame_reader_space(r, &room);
+	size_t room, done = 0, k;
+	uint8_t *d;
 
-	if (n > room)
-		n = room;
-	if (n)
-		memcpy(d, p, n);
-	frame_reader_commit(r, n);
-	return n;
+	while (done < n && (d = frame_reader_space(r, &room)) && room) {
+		k = n - done < room ? n - done : room;
+		memcpy(d, (const uint8_t *)p + done, k);
+		frame_reader_commit(r, k);
+		done += k;
+	}
+	return done;
+}
+
+/* A definite CBOR head at *p (below end): its major type and argument.
+ * 0 when it is incomplete, not definite or not of major `major`. */
+static int head_at(const uint8_t **p, const uint8_t *end, unsigned major,
+		   uint64_t *v)
+{
+	unsigned ai;
+	size_t n, i;
+
+	if (*p >= end || **p >> 5 != major)
+		return 0;
+	ai = **p & 31;
+	n = ai < 24 ? 0 : ai <= 27 ? (size_t)1 << (ai - 24) : 9;
+	if (n > 8 || (size_t)(end - *p) < 1 + n)
+		return 0;
+	*v = ai < 24 ? ai : 0;
+	for (i = 1; i <= n; i++)
+		*v = *v << 8 | (*p)[i];
+	*p += 1 + n;
+	return 1;
+}
+
+/* The canonical bytes lit at *p (below end), consumed; 0 if not there. */
+static int lit_at(const uint8_t **p, const uint8_t *end, const char *lit, size_t n)
+{
+	if ((size_t)(end - *p) < n || memcmp(*p, lit, n))
+		return 0;
+	*p += n;
+	return 1;
+}
+
+int frame_stream_probe(const struct frame_reader *r, size_t min_data,
+		       struct frame_stream *s)
+{
+	const uint8_t *f, *end, *p;
+	uint64_t n, plen;
+	uint32_t len;
+
+	if (r->stream_left || r->len - r->start < FRAME_HEADER + 8)
+		return 0;
+	f = r->buf + r->start;
+	end = r->buf + r->len;
+	len = get_be32(f);
+	if (len > FRAME_LEN_MAX || (size_t)(end - f) >= FRAME_PREFIX + len)
+		return 0;  /* bad, or complete: frame_next handles it */
+	s->id = get_be32(f + 4);
+	s->flags = f[8];
+	/* {"v": 0..23, "t": name of 0..23 bytes, "p": ...} */
+	p = f + FRAME_HEADER;
+	if (!lit_at(&p, end, "\xa3\x61v", 3) || *p > 23 || p[1] != 0x61 ||
+	    p[2] != 't' || (p[3] & 0xe0) != 0x60 || (p[3] & 31) > 23 ||
+	    end - p < 4 + (p[3] & 31))
+		return 0;
+	s->v = *p;
+	s->type = (struct slice){ p + 4, p[3] & 31u };
+	p += 4 + s->type.n;
+	if (!lit_at(&p, end, "\x61p", 2) || !head_at(&p, end, 2, &plen) ||
+	    (uint64_t)(p - f) + plen != FRAME_PREFIX + (uint64_t)len ||
+	    !lit_at(&p, end, "\xa1\x64" "data", 6) || !head_at(&p, end, 2, &n) ||
+	    (uint64_t)(p - f) + n != FRAME_PREFIX + (uint64_t)len || n < min_data)
+		return 0;
+	s->head_len = (size_t)(p - f);
+	s->data_len = (size_t)n;
+	return 1;
+}
+
+void frame_stream_start(struct frame_reader *r, const struct frame_stream *s)
+{
+	r->start += s->head_len;
+	r->stream_left = s->data_len;
+}
+
+struct slice frame_stream_data(const struct frame_reader *r)
+{
+	size_t n = r->len - r->start;
+
+	return (struct slice){ r->buf + r->start, n < r->stream_left ? n : r->stream_left };
+}
+
+void frame_stream_consume(struct frame_reader *r, size_t n)
+{
+	r->start += n;
+	r->stream_left -= n;
 }
 
 enum frame_status frame_next(struct frame_reader *r, struct frame *f)
 {
-	const uint8_t *p = r->buf + r->start;
 	size_t avail = r->len - r->start;
+	const uint8_t *p;
 	uint32_t len;
 
-	if (avail < FRAME_PREFIX)
-		return FRAME_NEED_MORE;
-	len = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+	if (avail < FRAME_PREFIX || r->stream_left)
+		return FRAME_NEED_MORE;  /* (buf may still be NULL) */
+	p = r->buf + r->start;
+	len = get_be32(p);
 	if (len > FRAME_LEN_MAX) {
 		/* no resync marker: everything buffered is suspect */
 		r->last_bad_len = len;

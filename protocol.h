@@ -122,6 +122,7 @@ struct frame_reader {
 	size_t len;    /* end of buffered bytes */
 	size_t cap;
 	uint32_t last_bad_len;  /* len field of the last rejected frame */
+	size_t stream_left;     /* data bytes of a streamed frame still due */
 };
 
 #define FRAME_READ_CHUNK 65536u
@@ -133,8 +134,36 @@ uint8_t *frame_reader_space(struct frame_reader *r, size_t *room);
 void frame_reader_commit(struct frame_reader *r, size_t n);
 /* Copy in up to n bytes (tests, fuzzers); returns bytes accepted. */
 size_t frame_reader_feed(struct frame_reader *r, const void *p, size_t n);
-/* Next frame; its body stays valid until the next space/commit/feed. */
+/* Next frame; its body stays valid until the next space/commit/feed.
+ * NEED_MORE while a streamed frame's data is still due. */
 enum frame_status frame_next(struct frame_reader *r, struct frame *f);
+/* Idle: give a buffer holding no bytes back to the allocator. */
+void frame_reader_trim(struct frame_reader *r);
+
+/*
+ * Streaming a large data frame (SPEC 1.5 allows 4 MiB) to its consumer as
+ * it arrives instead of buffering it whole.  Only the canonical shape
+ * streams: a frame not yet complete whose envelope is {v, t, p} with p
+ * last and whose payload is {"data": bstr} ending with the frame; any
+ * other frame is buffered and decoded whole as before.
+ */
+struct frame_stream {
+	uint32_t id;
+	uint8_t flags;
+	uint64_t v;
+	struct slice type;  /* valid until the next space/commit/feed */
+	size_t head_len;    /* frame bytes before the data */
+	size_t data_len;
+};
+/* 1: the frame at the front streams (heads parsed, nothing consumed);
+ * 0: it does not, or its heads have not all arrived yet. */
+int frame_stream_probe(const struct frame_reader *r, size_t min_data,
+		       struct frame_stream *s);
+/* Consume the heads: the next s->data_len bytes are the stream's. */
+void frame_stream_start(struct frame_reader *r, const struct frame_stream *s);
+/* The stream's bytes buffered now, and consuming n of them. */
+struct slice frame_stream_data(const struct frame_reader *r);
+void frame_stream_consume(struct frame_reader *r, size_t n);
 
 /* ------------------------------------------------------------------ */
 /* Typed messages.                                                      */
@@ -510,6 +539,10 @@ void payload_encode(struct cbor_out *o, const struct msg *m);
 int frame_encode_msg(struct cbor_out *o, uint32_t id, uint8_t v,
 		     const struct msg *m);
 /* The same with an explicit flags byte and a pre-encoded payload. */
+/* Everything of a {"data": n bytes} frame but the data (which the
+ * caller places right after); -1 as frame_encode_msg. */
+int frame_encode_data_head(struct cbor_out *o, uint32_t id, uint8_t v,
+			   enum msg_type t, size_t n);
 int frame_encode_raw(struct cbor_out *o, uint32_t id, uint8_t flags,
 		     uint8_t v, const char *type, const void *payload,
 		     size_t plen);

@@ -36,7 +36,7 @@
 #define STDIN_SESSION_MAX  (8u * 1024 * 1024)
 #define STDIN_TOTAL_MAX    (64u * 1024 * 1024)
 #define STDIN_GIVE_UP_NS   (5ull * 1000000000)
-#define STDIN_KEEP_CAP     (256u * 1024)
+#define STDIN_STREAM_WAIT_NS 1000000000ull
 #define MAX_GROUPS         1024
 /* execve's usual bound on argv plus envp (a quarter of an 8 MiB stack) */
 #define ENV_MAX_ENTRIES    65536
@@ -97,6 +97,7 @@ struct session {
 	bool stdin_dead;      /* closed or given up: drop further bytes */
 	bool out_paused;      /* not read for lack of output room */
 	bool pty_eof;         /* master read EIO: all slave ends closed */
+	bool out_grown, in_grown;  /* pipe size raised (or refused) once */
 	uint64_t stdin_since; /* last stdin progress, CLOCK_MONOTONIC ns */
 	struct stdin_queue q;
 	struct watch errp;    /* exec error pipe, until exec or failure */
@@ -242,18 +243,36 @@ void session_pump(struct agent *a)
 
 /* ---- output ---- */
 
-/* One read of a child's output; false once the fd reached its end. */
+/* A pipe that filled up grows once, so bulk data wakes us less often. */
+static void pipe_grow(int fd, bool *grown)
+{
+	if (*grown)
+		return;
+	*grown = true;
+	fcntl(fd, F_SETPIPE_SZ, PIPE_BULK_SIZE);
+}
+
+/* One read of a child's output, straight into the output queue; false
+ * once the fd reached its end. */
 static bool output_read(struct agent *a, struct session *s, struct watch *w,
 			enum msg_type t)
 {
-	uint8_t buf[OUT_READ_CHUNK];
-	struct msg m = { .type = t, .gen = PROTO_GEN_SEED };
-	ssize_t n = read(w->fd, buf, sizeof(buf));
+	/* as much as the soft limit leaves, at least a file read's worth:
+	 * the queue stays under the same bound as with 64 KiB reads */
+	size_t max = agent_out_room(a);
+	uint8_t *p;
+	ssize_t n;
 
+	max = max < OUT_READ_CHUNK ? OUT_READ_CHUNK :
+	      max > EXEC_READ_CHUNK ? EXEC_READ_CHUNK : max;
+	p = agent_data_space(a, t, max);
+	if (!p)
+		return true;
+	n = read(w->fd, p, max);
 	if (n > 0) {
-		m.u.data.data.p = buf;
-		m.u.data.data.n = n;
-		agent_send(a, s->id, &m);
+		agent_data_commit(a, s->id, t, max, n);
+		if (n >= 65536 && w == &s->out && !s->tty)
+			pipe_grow(w->fd, &s->out_grown);
 		return true;
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -318,33 +337,49 @@ static void stdin_close(struct agent *a, struct session *s)
 		close_watch(a, &s->in);
 }
 
-static void stdin_flush(struct agent *a, struct session *s)
+/* Write what the child takes now: bytes written, or -1 once its stdin
+ * is gone (EPIPE, or EIO from a dead PTY: dropped, as the seed does). */
+static ssize_t stdin_write(struct session *s, const uint8_t *p, size_t n)
 {
 	int fd = s->tty ? (s->pty_eof ? -1 : s->out.fd) : s->in.fd;
+	size_t done = 0;
+	ssize_t k;
 
-	while (stdin_pending(s) && fd >= 0) {
-		ssize_t n = write(fd, s->q.buf + s->q.head, stdin_pending(s));
-
-		if (n > 0) {
-			s->q.head += n;
-			a->stdin_queued -= n;
+	while (done < n && fd >= 0) {
+		k = write(fd, p + done, n - done);
+		if (k > 0) {
+			done += k;
 			s->stdin_since = agent_clock_ns(CLOCK_MONOTONIC);
 			continue;
 		}
-		if (n < 0 && errno == EINTR)
+		if (k < 0 && errno == EINTR)
 			continue;
-		if (n < 0 && errno == EAGAIN)
+		if (k < 0 && errno == EAGAIN && !s->tty && !s->in_grown) {
+			pipe_grow(fd, &s->in_grown);
+			continue;
+		}
+		if (k < 0 && errno == EAGAIN)
 			break;
-		/* EPIPE (stdin closed) or EIO (dead PTY): dropped (seed). */
+		return -1;
+	}
+	return done;
+}
+
+static void stdin_flush(struct agent *a, struct session *s)
+{
+	ssize_t n = stdin_write(s, s->q.buf + s->q.head, stdin_pending(s));
+
+	if (n < 0) {
 		stdin_close(a, s);
-		break;
+	} else {
+		s->q.head += n;
+		a->stdin_queued -= n;
 	}
 	if (!stdin_pending(s)) {
-		s->q.head = s->q.len = 0;
-		if (s->q.cap > STDIN_KEEP_CAP) {
-			free(s->q.buf);
-			memset(&s->q, 0, sizeof(s->q));
-		}
+		/* rarely used now that stdin is written straight from the
+		 * frame: give it back */
+		free(s->q.buf);
+		memset(&s->q, 0, sizeof(s->q));
 		if (s->stdin_eof && !s->tty)
 			close_watch(a, &s->in);
 	}
@@ -370,6 +405,7 @@ static int stdin_append(struct session *s, struct slice data)
 void session_stdin(struct agent *a, uint32_t id, struct slice data)
 {
 	struct session *s = session_find(a, id);
+	ssize_t n;
 
 	if (!s || s->stdin_dead || s->stdin_eof)
 		return;
@@ -381,15 +417,44 @@ void session_stdin(struct agent *a, uint32_t id, struct slice data)
 			close_watch(a, &s->in);
 		return;
 	}
-	if (!stdin_pending(s))
+	if (!stdin_pending(s)) {
+		/* nothing queued: write straight from the frame */
 		s->stdin_since = agent_clock_ns(CLOCK_MONOTONIC);
+		n = stdin_write(s, data.p, data.n);
+		if (n < 0) {
+			stdin_close(a, s);
+			session_update(a, s);
+			return;
+		}
+		data.p += n;
+		data.n -= n;
+		if (!data.n)
+			return;
+	}
 	if (stdin_append(s, data) < 0) {
 		agent_log("exec %u: stdin: out of memory; stdin closed", id);
 		stdin_close(a, s);
 		return;
 	}
 	a->stdin_queued += data.n;
-	stdin_flush(a, s);
+	session_update(a, s);
+}
+
+/*
+ * A streamed stdin frame goes on while the queue is under its bound; the
+ * port waits meanwhile.  A child that took nothing for STDIN_STREAM_WAIT_NS
+ * holds the port no longer: the data is queued as an unstreamed frame's
+ * would be, under the bounds below.
+ */
+size_t session_stdin_room(struct agent *a, uint32_t id)
+{
+	struct session *s = session_find(a, id);
+
+	if (s && !s->stdin_dead && !s->stdin_eof &&
+	    stdin_pending(s) >= STDIN_STREAM_MAX &&
+	    agent_clock_ns(CLOCK_MONOTONIC) - s->stdin_since < STDIN_STREAM_WAIT_NS)
+		return 0;
+	return SIZE_MAX;  /* taken, queued, or dropped as session_stdin does */
 }
 
 bool sessions_stdin_blocked(struct agent *a, uint64_t now)

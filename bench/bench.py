@@ -161,6 +161,28 @@ def stdin_throughput(a, nbytes):
 	return nbytes / dt
 
 
+def upload_memory(a, status, nbytes=64 * MiB, chunk=3 * MiB):
+	"""The agent's memory around a large upload: nbytes of stdin in chunk
+	sized frames (each up to 3 MiB, so the whole frame would not fit one
+	read) to `cat > /dev/null`; status() gives the agent's VmHWM right
+	after it (the peak of the upload) and its VmRSS one second later (what
+	it gave back once idle)."""
+	block = b"\0" * chunk
+	mid = a.exec_start("sh", ["-c", "cat > /dev/null"])
+	left = nbytes
+	while left > 0:
+		n = min(left, chunk)
+		send_data(a, mid, "core.exec.stdin", block if n == chunk else block[:n])
+		left -= n
+	a.stdin(mid, b"")
+	r = a.collect(mid, timeout=600)
+	if r.code != 0:
+		raise RuntimeError("upload: code %r" % r.code)
+	hwm = status()["VmHWM"]
+	time.sleep(1.0)
+	return {"upload_hwm_kb": hwm, "idle_rss_kb": status()["VmRSS"]}
+
+
 def fs_write(a, path, nbytes):
 	"""Bytes/s of a seed-protocol Write stream (SPEC 6.4)."""
 	block = b"\xa5" * FS_CHUNK
@@ -307,6 +329,9 @@ def host_mode(agentd, o):
 		throughput("stdin", "stdin %d MiB" % (o.host_stdin // MiB),
 			   lambda a: stdin_throughput(a, o.host_stdin))
 		res["stdout_bytes"], res["stdin_bytes"] = o.host_stdout, o.host_stdin
+		up, _, _ = fresh("64 MiB upload in 3 MiB stdin frames", lambda a: upload_memory(
+			a, lambda: host_status(a.proc.pid)))
+		res.update(up)
 
 		path = os.path.join(scratch, "fsbench.bin")
 		try:
@@ -541,6 +566,11 @@ def vm_agent_run(kind, images, o):
 			r.update(guest_spawn(a, o.vm_execs))
 		r["stdout_Bps"] = stdout_throughput(a, o.vm_stdout)
 		r["stdin_Bps"] = stdin_throughput(a, o.vm_stdin)
+		try:
+			up = upload_memory(a, lambda: guest_status(a))
+			r["upload_hwm_kb"], r["idle_rss_kb"] = up["upload_hwm_kb"], up["idle_rss_kb"]
+		except (RuntimeError, TimeoutError, EOFError) as e:
+			log("%s: upload memory skipped: %s" % (kind, e))
 		r.update(guest_status(a))
 	except BaseException:
 		log("%s run failed; console:\n%s" % (kind, vm.console()[-3000:]))
@@ -688,6 +718,9 @@ VM_ROWS = [
 	("exec_rtt_median_s", "VM exec RTT `true` (median of 100)", "ms", 1e3, "low", 0.7, None),
 	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", 1.0, "g2h"),
 	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", 1.0, "h2g"),
+	("upload_hwm_kb", "VM agent VmHWM after 64 MiB stdin in 3 MiB frames", "kB", 1,
+	 "low", None, None),
+	("idle_rss_kb", "VM agent VmRSS 1 s after transfers end", "kB", 1, "low", None, None),
 	("VmRSS", "VM agent VmRSS after run", "kB", 1, "low", 0.25, None),
 	("VmHWM", "VM agent VmHWM after run", "kB", 1, "low", 0.25, None),
 ]
@@ -761,6 +794,11 @@ def build_table(host, vm, sizes, o):
 			row("host fs read %d MiB%s" % (host["fs_bytes"] // MiB,
 			    " (cut short)" if "fs_read_note" in host else ""), "MB/s",
 			    host["fs_read_Bps"], scale=1e-6)
+		if "upload_hwm_kb" in host:
+			row("host agent VmHWM, 64 MiB stdin in 3 MiB frames", "kB",
+			    host["upload_hwm_kb"], better="low")
+			row("host agent VmRSS 1 s after transfers end", "kB",
+			    host["idle_rss_kb"], better="low")
 		row("host %d concurrent sessions, wall" % host["sessions"], "s",
 		    host["sessions_wall_s"])
 		for key, name in (("exec_rtt", "exec RTT"), ("stdout", "stdout"),
