@@ -1111,7 +1111,7 @@ static void run_with_deadline(void (*fn)(void), unsigned ms)
 {
 	struct timespec pause_ts = { 0, 10 * 1000000L };
 	unsigned waited;
-	int pid = fork();
+	int pid = _Fork();
 
 	if (pid <= 0) {
 		fn();
