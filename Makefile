@@ -36,9 +36,9 @@ AGENT_LTO  = -flto -flto-partition=one
 # The agent is measured in bytes (issue 13: <= 80 KB); its hot path is system
 # calls, so -Oz costs nothing measurable there (agentctl keeps -Os).
 AGENT_OPT  = -Oz
-# The agent's own small malloc and clock_gettime in place of musl's (not in
-# agentd-san: the sanitizers keep theirs).
-AGENT_ALLOC = alloc.c clock.c
+# The agent's own small malloc and plain system call wrappers in place of
+# musl's (not in agentd-san: the sanitizers keep theirs).
+AGENT_ALLOC = alloc.c syscalls.c
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c fsworker.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h rawsys.h
 CTL_SRCS   = agentctl.c ctl_transport.c ctl_exec.c ctl_files.c protocol.c
