@@ -17,6 +17,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,4 +81,19 @@ int epoll_wait(int fd, struct epoll_event *ev, int cnt, int to)
 int signalfd(int fd, const sigset_t *mask, int flags)
 {
 	return (int)syscall(SYS_signalfd4, fd, mask, _NSIG / 8, flags);
+}
+
+/* The kernel's struct stat is libc's on x86-64 and arm64, so no copy
+ * (musl's stat, lstat and fstat call this). */
+#if defined(__x86_64__)
+_Static_assert(sizeof(struct stat) == 144, "struct stat is the kernel's");
+#elif defined(__aarch64__)
+_Static_assert(sizeof(struct stat) == 128, "struct stat is the kernel's");
+#else
+#error "syscalls.c: check this architecture's struct stat against the kernel's"
+#endif
+
+int fstatat(int fd, const char *path, struct stat *st, int flags)
+{
+	return (int)syscall(SYS_newfstatat, fd, path, st, flags);
 }
