@@ -39,7 +39,8 @@ AGENT_LTO  = -flto -flto-partition=one
 # The agent is measured in bytes (issue 13: <= 80 KB); its hot path is system
 # calls, so -Oz costs nothing measurable there (agentctl keeps -Os).  The
 # rest are what measured smaller, none of them changes a check.
-AGENT_OPT  = -Oz -fipa-pta -fno-jump-tables -fno-caller-saves
+AGENT_OPT  = -Oz -fipa-pta -fno-jump-tables -fno-caller-saves -fno-tree-dominator-opts \
+	-fno-ipa-sra -fno-shrink-wrap
 # The agent's own small malloc and plain system call wrappers in place of
 # musl's (not in agentd-san: the sanitizers keep theirs).
 AGENT_ALLOC = alloc.c syscalls.c
