@@ -41,9 +41,9 @@ AGENT_LTO  = -flto -flto-partition=one
 # rest are what measured smaller, none of them changes a check.
 AGENT_OPT  = -Oz -fipa-pta -fno-jump-tables -fno-caller-saves -fno-tree-dominator-opts \
 	-fno-ipa-sra -fno-shrink-wrap
-# The agent's own small malloc and plain system call wrappers in place of
-# musl's (not in agentd-san: the sanitizers keep theirs).
-AGENT_ALLOC = alloc.c syscalls.c
+# The agent's own small malloc, plain system call wrappers and string spans
+# in place of musl's (not in agentd-san: the sanitizers keep theirs).
+AGENT_ALLOC = alloc.c syscalls.c smallstr.c
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c fsworker.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h rawsys.h
 CTL_SRCS   = agentctl.c ctl_transport.c ctl_exec.c ctl_files.c protocol.c
