@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * syscalls.c - libc functions as the plain system call, linked into agentd
- * in place of musl's, which carry what the agent never needs (about 2 KB
+ * in place of musl's, which carry what the agent never needs (about 3 KB
  * in all): a vDSO lookup for clock_gettime, fallbacks for kernels before
- * 2.6.27 (no SOCK_CLOEXEC, pipe2, F_DUPFD_CLOEXEC), and for sendmsg a
- * copy of the control data to clear padding that the agent's zeroed
- * msghdr already has clear.  The agent reads the clock a few times per
+ * 2.6.27 (no SOCK_CLOEXEC, pipe2, signalfd4, epoll_create1,
+ * F_DUPFD_CLOEXEC), a copy of struct stat from the kernel's layout where
+ * it is the same, and for sendmsg a copy of the control data to clear
+ * padding that the agent's zeroed msghdr already has clear.  The agent reads the clock a few times per
  * frame, next to the read and write calls that move it, so a system call
  * there costs nothing a round trip shows.  Only agentd links this file
  * (agentd-san keeps the sanitizer's libc).
