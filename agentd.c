@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "rawsys.h"
 #include "fmt.h"
 
 #define PORT_NAME          "agent"
@@ -1152,11 +1153,11 @@ int main(int argc, char **argv)
 	sigaddset(&mask, SIGINT);
 	/* Inherited SIG_IGN would discard these before the signalfd sees
 	 * them (and auto-reap children for SIGCHLD). */
-	signal(SIGCHLD, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
+	raw_signal(SIGCHLD, SIG_DFL);
+	raw_signal(SIGTERM, SIG_DFL);
+	raw_signal(SIGINT, SIG_DFL);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	raw_signal(SIGPIPE, SIG_IGN);
 
 	if (a->pid1) {
 		uint64_t t1 = agent_clock_ns(CLOCK_BOOTTIME);

@@ -169,7 +169,9 @@ static void set_blocking(int fd)
 
 int fs_fork_child(struct agent *a, int x, int y, bool die_with_us)
 {
-	int pid = fork();
+	/* _Fork, not fork: the agent has no threads, so no atfork handlers
+	 * or libc locks to take (and musl's lock code, 2 KB, stays out). */
+	int pid = _Fork();
 
 	if (pid != 0)
 		return pid;

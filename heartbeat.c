@@ -132,7 +132,7 @@ void heartbeat_write(struct agent *a)
 
 	if (a->hb_pid > 0)
 		return;
-	pid = fork();
+	pid = _Fork();
 	if (pid == 0) {
 		/* Hold nothing of the agent's (a session's stdin pipe, the
 		 * port) while a hung share keeps us here. */

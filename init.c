@@ -898,6 +898,33 @@ static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_er
 	return 0;
 }
 
+/* name=value in the agent's environment, for every later child.  Not
+ * setenv, which brings 1 KB of libc: this runs once at boot, so the
+ * strings and the new array are simply kept. */
+static int env_export(const char *name, const char *value)
+{
+	extern char **environ;
+	size_t nl = strlen(name), n = nl + strlen(value) + 2, i;
+	char *s = malloc(n), **env;
+
+	for (i = 0; environ[i]; i++)
+		if (strncmp(environ[i], name, nl) == 0 && environ[i][nl] == '=')
+			break;
+	env = environ[i] ? environ : malloc((i + 2) * sizeof(*env));
+	if (!s || !env) {
+		free(s);
+		return -1;
+	}
+	if (env != environ) {
+		memcpy(env, environ, i * sizeof(*env));
+		env[i + 1] = NULL;
+		environ = env;
+	}
+	fmt(s, n, "%s=%s", name, value);
+	env[i] = s;
+	return 0;
+}
+
 static int install_ca(const struct agent *a, struct cfg_err *err)
 {
 	char path[PATH_MAX], copy[PATH_MAX];
@@ -924,10 +951,9 @@ static int install_ca(const struct agent *a, struct cfg_err *err)
 	free(pem);
 	if (r < 0)
 		return -1;
-	setenv("SSL_CERT_FILE", bundle, 1);
-	setenv("REQUESTS_CA_BUNDLE", bundle, 1);
-	setenv("CURL_CA_BUNDLE", bundle, 1);
-	setenv("NODE_EXTRA_CA_CERTS", path, 1);
+	if (env_export("SSL_CERT_FILE", bundle) | env_export("REQUESTS_CA_BUNDLE", bundle) |
+	    env_export("CURL_CA_BUNDLE", bundle) | env_export("NODE_EXTRA_CA_CERTS", path))
+		agent_log("export the CA bundle's path: out of memory");
 	return 0;
 }
 
@@ -1111,7 +1137,7 @@ static void run_with_deadline(void (*fn)(void), unsigned ms)
 {
 	struct timespec pause_ts = { 0, 10 * 1000000L };
 	unsigned waited;
-	int pid = fork();
+	int pid = _Fork();
 
 	if (pid <= 0) {
 		fn();

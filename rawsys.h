@@ -10,6 +10,8 @@
 #ifndef AGENTD_RAWSYS_H
 #define AGENTD_RAWSYS_H
 
+#include <signal.h>
+#include <stdint.h>
 #include <sys/syscall.h>
 
 static inline long raw_syscall(long n, long a, long b, long c, long d, long e)
@@ -60,6 +62,23 @@ static inline long raw3(long n, long a, long b, long c)
 static inline long raw4(long n, long a, long b, long c, long d)
 {
 	return raw_syscall(n, a, b, c, d, 0);
+}
+
+/* The kernel's struct sigaction (x86-64, arm64 layout). */
+struct kernel_sigaction {
+	void (*handler)(int);
+	unsigned long flags;
+	void (*restorer)(void);
+	uint64_t mask;
+};
+
+/* SIG_DFL or SIG_IGN: these need no restorer, so no libc sigaction (and
+ * its handler machinery) in the agent.  0 or -errno. */
+static inline long raw_signal(int sig, void (*handler)(int))
+{
+	struct kernel_sigaction sa = { .handler = handler };
+
+	return raw4(SYS_rt_sigaction, sig, (long)&sa, 0, sizeof(uint64_t));
 }
 
 #endif

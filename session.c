@@ -846,14 +846,6 @@ static int child_exec(const struct spawn *sp)
 	return eacces ? EACCES : err;
 }
 
-/* The kernel's struct sigaction (x86-64, arm64 layout). */
-struct kernel_sigaction {
-	void (*handler)(int);
-	unsigned long flags;
-	void (*restorer)(void);
-	uint64_t mask;
-};
-
 /*
  * Default dispositions for every signal and an empty mask: libc refuses
  * to touch its internal signals (32-34), yet an ignored one of those is
@@ -861,13 +853,12 @@ struct kernel_sigaction {
  */
 static void child_reset_signals(void)
 {
-	struct kernel_sigaction dfl = { .handler = SIG_DFL };
 	uint64_t none = 0;
 	int sig;
 
 	for (sig = 1; sig <= 64; sig++)
 		if (sig != SIGKILL && sig != SIGSTOP)
-			raw4(SYS_rt_sigaction, sig, (long)&dfl, 0, sizeof(uint64_t));
+			raw_signal(sig, SIG_DFL);
 	raw4(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof(uint64_t));
 }
 
