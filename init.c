@@ -869,7 +869,8 @@ static int bundle_unlink_symlink(const char *path, const char *cur, size_t len)
 	return write_file(path, cur, len, O_EXCL);
 }
 
-/* Append pem to the first bundle that exists (once), else create one. */
+/* Append pem to the first bundle that exists (unless it already ends with
+ * it), else create one. */
 static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_err *err)
 {
 	for (size_t i = 0; i < 3; i++) {
@@ -882,7 +883,10 @@ static int ca_bundle(const char *pem, size_t n, const char **used, struct cfg_er
 		if (!cur)
 			return cfg_fail(err, "read %s: %s", ca_bundles[i], strerror(errno));
 		*used = ca_bundles[i];
-		if (!memmem(cur, len, pem, n)) {
+		/* Appended on an earlier boot (a persistent root): it is still
+		 * the bundle's tail.  Not a search: pem and bundle are both
+		 * megabytes at worst. */
+		if (len < n || memcmp(cur + len - n, pem, n)) {
 			r = bundle_unlink_symlink(ca_bundles[i], cur, len);
 			if (r == 0 && len && cur[len - 1] != '\n')
 				r = write_file(ca_bundles[i], "\n", 1, O_APPEND);

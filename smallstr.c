@@ -3,8 +3,12 @@
  * smallstr.c - strspn and strcspn as plain loops, linked into agentd in
  * place of musl's, which build a 256-bit table of the set first (0.5 KB
  * of the agent).  The agent's sets are two or three whitespace
- * characters, so a strchr per byte is as quick.  Only agentd links this
- * file.
+ * characters, so a strchr per byte is as quick.  memmem likewise: musl's
+ * two-way search is 1.2 KB, and every needle the agent looks for is a
+ * short constant (".ko", the ::1 line of if_inet6, the profile markers),
+ * so the plain search is linear in the haystack.  Only agentd links this
+ * file; nothing may call memmem with a long needle (init.c's CA check
+ * compares the bundle's tail instead).
  */
 #include <string.h>
 
@@ -24,4 +28,15 @@ size_t strcspn(const char *s, const char *set)
 	while (s[n] && !strchr(set, s[n]))
 		n++;
 	return n;
+}
+
+void *memmem(const void *hay, size_t n, const void *needle, size_t m)
+{
+	const char *h = hay;
+	size_t i;
+
+	for (i = 0; m <= n && i <= n - m; i++)
+		if (!memcmp(h + i, needle, m))
+			return (void *)(h + i);
+	return NULL;
 }
