@@ -5,8 +5,10 @@
  * in all): a vDSO lookup for clock_gettime, fallbacks for kernels before
  * 2.6.27 (no SOCK_CLOEXEC, pipe2, signalfd4, epoll_create1,
  * F_DUPFD_CLOEXEC), a copy of struct stat from the kernel's layout where
- * it is the same, and for sendmsg a copy of the control data to clear
- * padding that the agent's zeroed msghdr already has clear.  The agent reads the clock a few times per
+ * it is the same.  (Not sendmsg: musl's copies the control data to clear
+ * the padding of struct cmsghdr, which the kernel reads as part of a
+ * size_t cmsg_len; a caller's stack garbage there made fd passing fail
+ * with EPIPE.)  The agent reads the clock a few times per
  * frame, next to the read and write calls that move it, so a system call
  * there costs nothing a round trip shows.  Only agentd links this file
  * (agentd-san keeps the sanitizer's libc).
@@ -52,16 +54,6 @@ int socket(int domain, int type, int protocol)
 int socketpair(int domain, int type, int protocol, int fd[2])
 {
 	return (int)syscall(SYS_socketpair, domain, type, protocol, fd);
-}
-
-ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
-{
-	return syscall(SYS_sendmsg, fd, msg, flags);
-}
-
-ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
-{
-	return syscall(SYS_recvmsg, fd, msg, flags);
 }
 
 int epoll_create1(int flags)
