@@ -42,11 +42,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sanitizer/allocator_interface.h>
@@ -83,6 +85,8 @@ static dev_t devpts_dev;
 /* stderr as it was before libFuzzer's -close_fd_mask=2 silenced the
  * agent's log lines */
 static int err_fd = STDERR_FILENO;
+static pid_t harness_pid;
+static volatile unsigned *child_reports;  /* MAP_SHARED, inherited */
 
 /* ------------------------------------------------------------------ */
 /* Failing                                                              */
@@ -92,6 +96,8 @@ static void leave_jail(void);
 static void __attribute__((noreturn)) violated(const char *what)
 {
 	leave_jail();
+	if (child_reports && *child_reports)
+		what = "a child of the agent hit a sanitizer error";
 	dprintf(err_fd, "property violated: %s\n", what);
 	abort();
 }
@@ -107,7 +113,24 @@ static void __attribute__((noreturn)) setup_failed(const char *what)
 void __asan_on_error(void);
 void __asan_on_error(void)
 {
-	leave_jail();
+	if (getpid() == harness_pid)
+		leave_jail();
+}
+
+/*
+ * Most fs code runs in forked children, which close every fd but their
+ * own (so the report fd too) and end with _exit: a sanitizer error in
+ * one would only leave a crash file.  Every report ends with a summary;
+ * a child counts it in a page shared with the harness, which then fails
+ * the input (replay without -close_fd_mask=2 to see the child's report).
+ */
+void __sanitizer_report_error_summary(const char *summary)
+{
+	int fd = getpid() == harness_pid ? err_fd : STDERR_FILENO;
+
+	if (getpid() != harness_pid && child_reports)
+		__atomic_add_fetch(child_reports, 1, __ATOMIC_SEQ_CST);
+	dprintf(fd, "%s\n", summary);
 }
 
 /* ------------------------------------------------------------------ */
@@ -558,6 +581,67 @@ static void check_answers(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* Ending everything an input started                                  */
+
+static bool fs_ended(void)
+{
+	return !agent.fs_jobs && !agent.fs_workers && !agent.hb_pid;
+}
+
+/* Wait up to ms for every fs child (and the heartbeat child) to be
+ * reaped; true when they were. */
+static bool fs_end(unsigned ms)
+{
+	uint64_t end = now_ms() + ms;
+
+	while (!fs_ended() && now_ms() < end)
+		settle(10);
+	return fs_ended();
+}
+
+/* No child of ours left, not even a zombie. */
+static bool no_children(void)
+{
+	siginfo_t si;
+
+	return waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 &&
+	       errno == ECHILD;
+}
+
+/*
+ * End all the input started: fs requests are given up and the pooled
+ * workers let go (they end on their own: the agent closed their
+ * sockets, a write child removes its temporary file), then killed;
+ * sessions are killed; every child is reaped, so the next input starts
+ * with the same fds and no process of this one.
+ */
+static void teardown(void)
+{
+	/* Streams first: a Read of /dev/pts/N would keep a PTY session open. */
+	fs_fuzz_reset(&agent, false);
+	if (!fs_end(SESSION_WAIT_MS)) {
+		fs_fuzz_reset(&agent, true);
+		if (!fs_end(KILL_WAIT_MS))
+			violated("an fs child outlived SIGKILL");
+	}
+	sessions_terminate(&agent, SIGKILL);
+	if (!sessions_end(KILL_WAIT_MS))
+		violated("a session outlived SIGKILL of its child");
+	agent_fuzz_reset(&agent);
+	settle(0);
+	rd.start = rd.len = 0;
+	if (agent.fs_jobs || agent.fs_workers || agent.fs_lane || agent.fs_nqueued ||
+	    agent.fs_nwrites || agent.fs_nreads || agent.fs_nstuck ||
+	    agent.fs_wq_total || agent.stdin_queued || agent.hb_pid ||
+	    agent.sessions || agent.nsessions)
+		violated("state left after the reset");
+	if (!no_children())
+		violated("a child of the agent outlived the reset");
+	if (*child_reports)
+		violated("a child of the agent hit a sanitizer error");
+}
+
+/* ------------------------------------------------------------------ */
 /* Whether an input can change the jail                                */
 
 static bool fs_op_mutates(enum fs_op op)
@@ -614,6 +698,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (err_fd < 0)
 		err_fd = STDERR_FILENO;
 	trace = getenv("FUZZ_AGENT_TRACE") != NULL;
+	harness_pid = getpid();
+	child_reports = mmap(NULL, sizeof(*child_reports), PROT_READ | PROT_WRITE,
+			     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (child_reports == MAP_FAILED)
+		setup_failed("mmap");
 	find_artifact_dir(*argc, *argv);
 	jail_setup();
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
@@ -625,6 +714,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	agent.heartbeat_interval = 5;
 	if (agent_fuzz_setup(&agent, sv[0]) < 0)
 		setup_failed("agent setup");
+	/* Once, so what the agent creates on first use (the fs timer) is
+	 * there before the first input's fds are counted. */
+	enter_jail();
+	check_answers();
+	teardown();
+	leave_jail();
 	return 0;
 }
 
@@ -652,16 +747,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 		heartbeat_write(&agent);  /* over whatever the input planted */
 	check_answers();
 
-	/* Streams first: a Read of /dev/pts/N would keep a PTY session open. */
-	fs_abort_all(&agent);
-	sessions_terminate(&agent, SIGKILL);
-	if (!sessions_end(KILL_WAIT_MS))
-		violated("a session outlived SIGKILL of its child");
-	agent_fuzz_reset(&agent);
-	settle(0);
-	rd.start = rd.len = 0;
-	if (agent.fs_streams || agent.nwrites || agent.stdin_queued)
-		violated("state left after the reset");
+	teardown();
 	leave_jail();
 	if (dirty)
 		jail_reset();
