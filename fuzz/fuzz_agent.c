@@ -423,7 +423,7 @@ static void trace_frame(uint32_t id, const struct msg *m)
 			m->u.exec_exited.signal);
 		break;
 	case MSG_EXEC_STDOUT: case MSG_EXEC_STDERR: case MSG_FS_DATA:
-		dprintf(err_fd, " \"%.*s\"", (int)(m->u.data.data.n > 64 ? 64 :
+		dprintf(err_fd, " \"%.*s\"", (int)(m->u.data.data.n > 65536 ? 65536 :
 			m->u.data.data.n), (const char *)m->u.data.data.p);
 		break;
 	default:
@@ -499,14 +499,31 @@ static uint64_t now_ms(void)
 	return agent_clock_ns(CLOCK_MONOTONIC) / 1000000;
 }
 
-/* Wait up to ms for every session to end; true when they did. */
-static bool sessions_end(unsigned ms)
+/*
+ * Turn the loop until done() holds or ms passed; true when it holds.
+ * One turn at a time: settle() would end every call with an idle wait.
+ */
+static bool step_until(bool (*done)(void), unsigned ms)
 {
 	uint64_t end = now_ms() + ms;
 
-	while (agent.sessions && now_ms() < end)
-		settle(10);
+	settle(0);
+	while (!done() && now_ms() < end) {
+		agent_fuzz_step(&agent, 10);
+		drain();
+	}
+	return done();
+}
+
+static bool sessions_ended(void)
+{
 	return !agent.sessions;
+}
+
+/* Wait up to ms for every session to end; true when they did. */
+static bool sessions_end(unsigned ms)
+{
+	return step_until(sessions_ended, ms);
 }
 
 /* Write all of p to the port, letting the agent read as it goes. */
@@ -547,6 +564,11 @@ static void check_bounds(void)
 		violated("frame reader out of bounds");
 }
 
+static bool probe_done(void)
+{
+	return probe_answered;
+}
+
 /* A fresh stream (as after a reconnect), then a Stat of "/" must be
  * answered with a directory. */
 static void check_answers(void)
@@ -554,8 +576,7 @@ static void check_answers(void)
 	struct msg m = { .type = MSG_FS_REQUEST, .gen = PROTO_GEN_SEED };
 	uint8_t buf[128];
 	struct cbor_out o = { buf, 0, sizeof(buf), false };
-	int avail = 0, i;
-	uint64_t end;
+	int avail = 0;
 
 	if (agent.shutting_down)
 		return;  /* a shutting-down agent reads nothing more */
@@ -572,10 +593,7 @@ static void check_answers(void)
 		violated("encode the probe");
 	probe_answered = false;
 	send_bytes(buf, o.len);
-	end = now_ms() + PROBE_WAIT_MS;
-	for (i = 0; !probe_answered && (i < 2 || now_ms() < end); i++)
-		settle(i ? 10 : 0);
-	if (!probe_answered)
+	if (!step_until(probe_done, PROBE_WAIT_MS))
 		violated("the agent did not answer a Stat of /");
 	probe_id = 0;
 }
@@ -592,11 +610,7 @@ static bool fs_ended(void)
  * reaped; true when they were. */
 static bool fs_end(unsigned ms)
 {
-	uint64_t end = now_ms() + ms;
-
-	while (!fs_ended() && now_ms() < end)
-		settle(10);
-	return fs_ended();
+	return step_until(fs_ended, ms);
 }
 
 /* No child of ours left, not even a zombie. */
