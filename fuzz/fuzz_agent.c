@@ -622,6 +622,28 @@ static bool no_children(void)
 	       errno == ECHILD;
 }
 
+/* Which children are left, and in what state (outside the jail). */
+static void print_children(void)
+{
+	char p[64], buf[512];
+	int pid = 0, fd;
+	ssize_t n;
+	FILE *f;
+
+	snprintf(p, sizeof(p), "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(p, "re");
+	while (f && fscanf(f, "%d", &pid) == 1) {
+		snprintf(p, sizeof(p), "/proc/%d/stat", pid);
+		fd = open(p, O_RDONLY | O_CLOEXEC);
+		n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		dprintf(err_fd, "child left: %.*s\n", n > 0 ? (int)n : 0, buf);
+	}
+	if (f)
+		fclose(f);
+}
+
 /*
  * End all the input started: fs requests are given up and the pooled
  * workers let go (they end on their own: the agent closed their
@@ -649,8 +671,11 @@ static void teardown(void)
 	    agent.fs_wq_total || agent.stdin_queued || agent.hb_pid ||
 	    agent.sessions || agent.nsessions)
 		violated("state left after the reset");
-	if (!no_children())
+	if (!step_until(no_children, KILL_WAIT_MS)) {
+		leave_jail();
+		print_children();
 		violated("a child of the agent outlived the reset");
+	}
 	if (*child_reports)
 		violated("a child of the agent hit a sanitizer error");
 }
