@@ -77,6 +77,8 @@ static char jail[64];             /* tmpfs mount point */
 static int jail_fd = -1;          /* the tmpfs root */
 static int real_root_fd = -1, real_cwd_fd = -1;
 static int proc_fd_dir = -1;      /* /proc/self/fd, opened before the jail */
+static int children_fd = -1;      /* /proc/self/task/PID/children, too */
+static char children0[512];       /* its text before the input */
 static bool jailed;
 static bool trace;                /* FUZZ_AGENT_TRACE set */
 static char artifact_dir[PATH_MAX];  /* "" = none given */
@@ -358,6 +360,8 @@ static void find_artifact_dir(int argc, char **argv)
 
 static void jail_setup(void)
 {
+	char p[64];
+
 	if (unshare(CLONE_NEWNS) < 0)
 		setup_failed("unshare the mount namespace (needs root)");
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -370,8 +374,10 @@ static void jail_setup(void)
 	real_root_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	real_cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	proc_fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (real_root_fd < 0 || real_cwd_fd < 0 || proc_fd_dir < 0)
-		setup_failed("open / . /proc/self/fd");
+	snprintf(p, sizeof(p), "/proc/self/task/%d/children", (int)getpid());
+	children_fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (real_root_fd < 0 || real_cwd_fd < 0 || proc_fd_dir < 0 || children_fd < 0)
+		setup_failed("open / . /proc/self/fd /proc/self/task/PID/children");
 }
 
 /* ------------------------------------------------------------------ */
@@ -613,13 +619,24 @@ static bool fs_end(unsigned ms)
 	return step_until(fs_ended, ms);
 }
 
-/* No child of ours left, not even a zombie. */
-static bool no_children(void)
+/* Our children (zombies too), pids separated by spaces: libFuzzer keeps
+ * one of its own (llvm-symbolizer), so compare with the list from before
+ * the input. */
+static void children_read(char *buf, size_t n)
 {
-	siginfo_t si;
+	ssize_t r = pread(children_fd, buf, n - 1, 0);
 
-	return waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) < 0 &&
-	       errno == ECHILD;
+	if (r < 0)
+		violated("read /proc/self/task/PID/children");
+	buf[r] = 0;
+}
+
+static bool children_back(void)
+{
+	char now[sizeof(children0)];
+
+	children_read(now, sizeof(now));
+	return !strcmp(now, children0);
 }
 
 /* Which children are left, and in what state (outside the jail). */
@@ -671,8 +688,9 @@ static void teardown(void)
 	    agent.fs_wq_total || agent.stdin_queued || agent.hb_pid ||
 	    agent.sessions || agent.nsessions)
 		violated("state left after the reset");
-	if (!step_until(no_children, KILL_WAIT_MS)) {
+	if (!step_until(children_back, KILL_WAIT_MS)) {
 		leave_jail();
+		dprintf(err_fd, "children before: %s\n", children0);
 		print_children();
 		violated("a child of the agent outlived the reset");
 	}
@@ -755,6 +773,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		setup_failed("agent setup");
 	/* Once, so what the agent creates on first use (the fs timer) is
 	 * there before the first input's fds are counted. */
+	children_read(children0, sizeof(children0));
 	enter_jail();
 	check_answers();
 	teardown();
@@ -770,6 +789,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 	bool dirty = input_mutates(data, n);
 
 	heap0 = __sanitizer_get_current_allocated_bytes();
+	children_read(children0, sizeof(children0));
 	enter_jail();
 	while (pos < n && !agent.shutting_down) {
 		seed = seed * 1103515245u + 12345u;
