@@ -13,8 +13,12 @@
  *   - every frame the agent wrote decodes (frame, envelope, payload);
  *   - the agent still reads the port and answers a Stat of "/";
  *   - its queues are within their bounds;
- *   - once sessions and streams are torn down, it holds exactly the fds
- *     it held before the input, and its heap did not grow past a bound.
+ *   - once fs requests, fs workers and sessions are torn down (workers
+ *     let go, then killed; bounded waits), no child it started is left,
+ *     not even a zombie, it holds exactly the fds it held before the
+ *     input, and its heap did not grow past a bound;
+ *   - no child (forked fs workers, the clone child of a spawn) hit a
+ *     sanitizer error (they run most fs code and end with _exit).
  *
  * A violated property aborts, which libFuzzer reports as a crash.
  *
