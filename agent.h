@@ -151,6 +151,8 @@ uint64_t agent_clock_ns(int clock_id);
 int agent_fuzz_setup(struct agent *a, int port_fd);
 int agent_fuzz_step(struct agent *a, int timeout_ms);  /* events handled */
 void agent_fuzz_reset(struct agent *a);
+/* fsworker.c: give up all fs work; kill_now: SIGKILL every fs child. */
+void fs_fuzz_reset(struct agent *a, bool kill_now);
 #endif
 
 /* ---- session.c: exec sessions ---- */

@@ -1247,3 +1247,23 @@ bool fs_children_left(const struct agent *a)
 			return true;
 	return false;
 }
+
+#ifdef AGENTD_FUZZ
+/* fuzz/fuzz_agent.c between inputs: every request given up, every
+ * worker let go (kill_now: and every child still listed killed), so
+ * the next input starts with no fs child and no fs fd. */
+void fs_fuzz_reset(struct agent *a, bool kill_now)
+{
+	struct fs_job *j;
+
+	fs_abort_all(a);
+	while (a->fs_workers)
+		worker_drop(a, a->fs_workers, kill_now);
+	for (j = a->fs_jobs; kill_now && j; j = j->next) {
+		if (j->kind == JOB_DYING && j->pid > 0 && !j->killed) {
+			kill(j->pid, SIGKILL);
+			j->killed = true;
+		}
+	}
+}
+#endif

@@ -33,6 +33,13 @@
 #include "rawsys.h"
 #include "userdb.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#include <sanitizer/asan_interface.h>
+#define CHILD_MEM_ASAN
+#endif
+#endif
+
 #define STDIN_SESSION_MAX  (8u * 1024 * 1024)
 #define STDIN_TOTAL_MAX    (64u * 1024 * 1024)
 #define STDIN_GIVE_UP_NS   (5ull * 1000000000)
@@ -1075,6 +1082,12 @@ static struct child_args *child_mem_new(const struct spawn *sp, void **mem,
 		munmap(b, n);
 		return NULL;
 	}
+#ifdef CHILD_MEM_ASAN
+	/* Sanitizer builds: a child that ended without returning left its
+	 * frames' redzones poisoned in the shadow of this address, which
+	 * mmap hands out again; the child's stack must start clean. */
+	__asan_unpoison_memory_region(b, n);
+#endif
 	c = (struct child_args *)(b + GUARD + CHILD_STACK);
 	c->sp = *sp;
 	c->sp.limits = (void *)(c + 1);

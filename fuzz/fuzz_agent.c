@@ -13,8 +13,12 @@
  *   - every frame the agent wrote decodes (frame, envelope, payload);
  *   - the agent still reads the port and answers a Stat of "/";
  *   - its queues are within their bounds;
- *   - once sessions and streams are torn down, it holds exactly the fds
- *     it held before the input, and its heap did not grow past a bound.
+ *   - once fs requests, fs workers and sessions are torn down (workers
+ *     let go, then killed; bounded waits), no child it started is left,
+ *     not even a zombie, it holds exactly the fds it held before the
+ *     input, and its heap did not grow past a bound;
+ *   - no child (forked fs workers, the clone child of a spawn) hit a
+ *     sanitizer error (they run most fs code and end with _exit).
  *
  * A violated property aborts, which libFuzzer reports as a crash.
  *
@@ -42,11 +46,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sanitizer/allocator_interface.h>
@@ -75,6 +81,8 @@ static char jail[64];             /* tmpfs mount point */
 static int jail_fd = -1;          /* the tmpfs root */
 static int real_root_fd = -1, real_cwd_fd = -1;
 static int proc_fd_dir = -1;      /* /proc/self/fd, opened before the jail */
+static int children_fd = -1;      /* /proc/self/task/PID/children, too */
+static char children0[512];       /* its text before the input */
 static bool jailed;
 static bool trace;                /* FUZZ_AGENT_TRACE set */
 static char artifact_dir[PATH_MAX];  /* "" = none given */
@@ -83,6 +91,8 @@ static dev_t devpts_dev;
 /* stderr as it was before libFuzzer's -close_fd_mask=2 silenced the
  * agent's log lines */
 static int err_fd = STDERR_FILENO;
+static pid_t harness_pid;
+static volatile unsigned *child_reports;  /* MAP_SHARED, inherited */
 
 /* ------------------------------------------------------------------ */
 /* Failing                                                              */
@@ -92,6 +102,8 @@ static void leave_jail(void);
 static void __attribute__((noreturn)) violated(const char *what)
 {
 	leave_jail();
+	if (child_reports && *child_reports)
+		what = "a child of the agent hit a sanitizer error";
 	dprintf(err_fd, "property violated: %s\n", what);
 	abort();
 }
@@ -107,7 +119,24 @@ static void __attribute__((noreturn)) setup_failed(const char *what)
 void __asan_on_error(void);
 void __asan_on_error(void)
 {
-	leave_jail();
+	if (getpid() == harness_pid)
+		leave_jail();
+}
+
+/*
+ * Most fs code runs in forked children, which close every fd but their
+ * own (so the report fd too) and end with _exit: a sanitizer error in
+ * one would only leave a crash file.  Every report ends with a summary;
+ * a child counts it in a page shared with the harness, which then fails
+ * the input (replay without -close_fd_mask=2 to see the child's report).
+ */
+void __sanitizer_report_error_summary(const char *summary)
+{
+	int fd = getpid() == harness_pid ? err_fd : STDERR_FILENO;
+
+	if (getpid() != harness_pid && child_reports)
+		__atomic_add_fetch(child_reports, 1, __ATOMIC_SEQ_CST);
+	dprintf(fd, "%s\n", summary);
 }
 
 /* ------------------------------------------------------------------ */
@@ -335,6 +364,8 @@ static void find_artifact_dir(int argc, char **argv)
 
 static void jail_setup(void)
 {
+	char p[64];
+
 	if (unshare(CLONE_NEWNS) < 0)
 		setup_failed("unshare the mount namespace (needs root)");
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
@@ -347,8 +378,10 @@ static void jail_setup(void)
 	real_root_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	real_cwd_fd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	proc_fd_dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (real_root_fd < 0 || real_cwd_fd < 0 || proc_fd_dir < 0)
-		setup_failed("open / . /proc/self/fd");
+	snprintf(p, sizeof(p), "/proc/self/task/%d/children", (int)getpid());
+	children_fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (real_root_fd < 0 || real_cwd_fd < 0 || proc_fd_dir < 0 || children_fd < 0)
+		setup_failed("open / . /proc/self/fd /proc/self/task/PID/children");
 }
 
 /* ------------------------------------------------------------------ */
@@ -400,7 +433,7 @@ static void trace_frame(uint32_t id, const struct msg *m)
 			m->u.exec_exited.signal);
 		break;
 	case MSG_EXEC_STDOUT: case MSG_EXEC_STDERR: case MSG_FS_DATA:
-		dprintf(err_fd, " \"%.*s\"", (int)(m->u.data.data.n > 64 ? 64 :
+		dprintf(err_fd, " \"%.*s\"", (int)(m->u.data.data.n > 65536 ? 65536 :
 			m->u.data.data.n), (const char *)m->u.data.data.p);
 		break;
 	default:
@@ -476,14 +509,31 @@ static uint64_t now_ms(void)
 	return agent_clock_ns(CLOCK_MONOTONIC) / 1000000;
 }
 
-/* Wait up to ms for every session to end; true when they did. */
-static bool sessions_end(unsigned ms)
+/*
+ * Turn the loop until done() holds or ms passed; true when it holds.
+ * One turn at a time: settle() would end every call with an idle wait.
+ */
+static bool step_until(bool (*done)(void), unsigned ms)
 {
 	uint64_t end = now_ms() + ms;
 
-	while (agent.sessions && now_ms() < end)
-		settle(10);
+	settle(0);
+	while (!done() && now_ms() < end) {
+		agent_fuzz_step(&agent, 10);
+		drain();
+	}
+	return done();
+}
+
+static bool sessions_ended(void)
+{
 	return !agent.sessions;
+}
+
+/* Wait up to ms for every session to end; true when they did. */
+static bool sessions_end(unsigned ms)
+{
+	return step_until(sessions_ended, ms);
 }
 
 /* Write all of p to the port, letting the agent read as it goes. */
@@ -524,6 +574,11 @@ static void check_bounds(void)
 		violated("frame reader out of bounds");
 }
 
+static bool probe_done(void)
+{
+	return probe_answered;
+}
+
 /* A fresh stream (as after a reconnect), then a Stat of "/" must be
  * answered with a directory. */
 static void check_answers(void)
@@ -531,8 +586,7 @@ static void check_answers(void)
 	struct msg m = { .type = MSG_FS_REQUEST, .gen = PROTO_GEN_SEED };
 	uint8_t buf[128];
 	struct cbor_out o = { buf, 0, sizeof(buf), false };
-	int avail = 0, i;
-	uint64_t end;
+	int avail = 0;
 
 	if (agent.shutting_down)
 		return;  /* a shutting-down agent reads nothing more */
@@ -549,12 +603,103 @@ static void check_answers(void)
 		violated("encode the probe");
 	probe_answered = false;
 	send_bytes(buf, o.len);
-	end = now_ms() + PROBE_WAIT_MS;
-	for (i = 0; !probe_answered && (i < 2 || now_ms() < end); i++)
-		settle(i ? 10 : 0);
-	if (!probe_answered)
+	if (!step_until(probe_done, PROBE_WAIT_MS))
 		violated("the agent did not answer a Stat of /");
 	probe_id = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Ending everything an input started                                  */
+
+static bool fs_ended(void)
+{
+	return !agent.fs_jobs && !agent.fs_workers && !agent.hb_pid;
+}
+
+/* Wait up to ms for every fs child (and the heartbeat child) to be
+ * reaped; true when they were. */
+static bool fs_end(unsigned ms)
+{
+	return step_until(fs_ended, ms);
+}
+
+/* Our children (zombies too), pids separated by spaces: libFuzzer keeps
+ * one of its own (llvm-symbolizer), so compare with the list from before
+ * the input. */
+static void children_read(char *buf, size_t n)
+{
+	ssize_t r = pread(children_fd, buf, n - 1, 0);
+
+	if (r < 0)
+		violated("read /proc/self/task/PID/children");
+	buf[r] = 0;
+}
+
+static bool children_back(void)
+{
+	char now[sizeof(children0)];
+
+	children_read(now, sizeof(now));
+	return !strcmp(now, children0);
+}
+
+/* Which children are left, and in what state (outside the jail). */
+static void print_children(void)
+{
+	char p[64], buf[512];
+	int pid = 0, fd;
+	ssize_t n;
+	FILE *f;
+
+	snprintf(p, sizeof(p), "/proc/self/task/%d/children", (int)getpid());
+	f = fopen(p, "re");
+	while (f && fscanf(f, "%d", &pid) == 1) {
+		snprintf(p, sizeof(p), "/proc/%d/stat", pid);
+		fd = open(p, O_RDONLY | O_CLOEXEC);
+		n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+		if (fd >= 0)
+			close(fd);
+		dprintf(err_fd, "child left: %.*s\n", n > 0 ? (int)n : 0, buf);
+	}
+	if (f)
+		fclose(f);
+}
+
+/*
+ * End all the input started: fs requests are given up and the pooled
+ * workers let go (they end on their own: the agent closed their
+ * sockets, a write child removes its temporary file), then killed;
+ * sessions are killed; every child is reaped, so the next input starts
+ * with the same fds and no process of this one.
+ */
+static void teardown(void)
+{
+	/* Streams first: a Read of /dev/pts/N would keep a PTY session open. */
+	fs_fuzz_reset(&agent, false);
+	if (!fs_end(SESSION_WAIT_MS)) {
+		fs_fuzz_reset(&agent, true);
+		if (!fs_end(KILL_WAIT_MS))
+			violated("an fs child outlived SIGKILL");
+	}
+	sessions_terminate(&agent, SIGKILL);
+	if (!sessions_end(KILL_WAIT_MS))
+		violated("a session outlived SIGKILL of its child");
+	agent_fuzz_reset(&agent);
+	settle(0);
+	rd.start = rd.len = 0;
+	if (agent.fs_jobs || agent.fs_workers || agent.fs_lane || agent.fs_nqueued ||
+	    agent.fs_nwrites || agent.fs_nreads || agent.fs_nstuck ||
+	    agent.fs_wq_total || agent.stdin_queued || agent.hb_pid ||
+	    agent.sessions || agent.nsessions)
+		violated("state left after the reset");
+	if (!step_until(children_back, KILL_WAIT_MS)) {
+		leave_jail();
+		dprintf(err_fd, "children before: %s\n", children0);
+		print_children();
+		violated("a child of the agent outlived the reset");
+	}
+	if (*child_reports)
+		violated("a child of the agent hit a sanitizer error");
 }
 
 /* ------------------------------------------------------------------ */
@@ -614,6 +759,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (err_fd < 0)
 		err_fd = STDERR_FILENO;
 	trace = getenv("FUZZ_AGENT_TRACE") != NULL;
+	harness_pid = getpid();
+	child_reports = mmap(NULL, sizeof(*child_reports), PROT_READ | PROT_WRITE,
+			     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (child_reports == MAP_FAILED)
+		setup_failed("mmap");
 	find_artifact_dir(*argc, *argv);
 	jail_setup();
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
@@ -625,6 +775,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	agent.heartbeat_interval = 5;
 	if (agent_fuzz_setup(&agent, sv[0]) < 0)
 		setup_failed("agent setup");
+	/* Once, so what the agent creates on first use (the fs timer) is
+	 * there before the first input's fds are counted. */
+	children_read(children0, sizeof(children0));
+	enter_jail();
+	check_answers();
+	teardown();
+	leave_jail();
 	return 0;
 }
 
@@ -636,6 +793,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 	bool dirty = input_mutates(data, n);
 
 	heap0 = __sanitizer_get_current_allocated_bytes();
+	children_read(children0, sizeof(children0));
 	enter_jail();
 	while (pos < n && !agent.shutting_down) {
 		seed = seed * 1103515245u + 12345u;
@@ -652,16 +810,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
 		heartbeat_write(&agent);  /* over whatever the input planted */
 	check_answers();
 
-	/* Streams first: a Read of /dev/pts/N would keep a PTY session open. */
-	fs_abort_all(&agent);
-	sessions_terminate(&agent, SIGKILL);
-	if (!sessions_end(KILL_WAIT_MS))
-		violated("a session outlived SIGKILL of its child");
-	agent_fuzz_reset(&agent);
-	settle(0);
-	rd.start = rd.len = 0;
-	if (agent.fs_streams || agent.nwrites || agent.stdin_queued)
-		violated("state left after the reset");
+	teardown();
 	leave_jail();
 	if (dirty)
 		jail_reset();
