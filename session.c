@@ -1113,17 +1113,7 @@ static struct child_args *child_mem_new(const struct spawn *sp, void **mem,
  */
 static pid_t child_start(struct child_args *c)
 {
-	unsigned long share = CLONE_VM;
-
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-	/* ASan's shadow of the agent's stacks is shared too, and its no-return
-	 * hook trips over a foreign stack: the sanitizer build copies the
-	 * memory instead (the same child code runs on the same data). */
-	share = 0;
-#endif
-#endif
-	return clone(child_run, c, share | SIGCHLD, c);
+	return clone(child_run, c, CLONE_VM | SIGCHLD, c);
 }
 
 static void child_mem_free(struct session *s)
