@@ -23,7 +23,7 @@ import cbor2
 import pytest
 
 from agentd_client.lowlevel import AGENTD, Agent, encode_frame
-from testlib import output_memory_bound_kib
+from testlib import children, output_memory_bound_kib, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(HERE, "vectors")
@@ -175,32 +175,6 @@ def helper_process():
     finally:
         p.kill()
         p.wait()
-
-
-def wait_for(cond, what, timeout=60):
-    """Poll cond until it holds; a condition, never a bare sleep."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
-
-
-def children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        if int(st[st.rindex(")") + 2:].split()[1]) == pid:
-            out.append(int(d))
-    return out
-
-
 def wchan(pid):
     try:
         with open("/proc/%d/wchan" % pid) as f:
@@ -355,8 +329,8 @@ def test_read_waits_for_host_without_buffering(tmp_path, work):
         i = request(ag, "Read", path=str(big))
         # the agent stops draining the file's pipe once its output queue
         # is full: the reading child then waits in the pipe
-        wait_for(lambda: any("pipe" in wchan(c) for c in children(ag.proc.pid)),
-                 "the read child blocked on its full pipe")
+        wait_for(lambda: any("pipe" in wchan(c) for c, _ in children(ag.proc.pid)),
+                 timeout=60, what="the read child blocked on its full pipe")
         hwm = vm_hwm_kib(ag.proc.pid) - before
         # the agent is still responsive, then the whole file arrives
         h = hashlib.sha256()
@@ -1132,7 +1106,8 @@ def test_signal_aborts_uploads_and_frees_their_slots(ag, work):
         ag.signal(i, 9)
         ids.append(i)
     sync(ag, *ids)
-    wait_for(lambda: hidden(work) == [], "abandoned temporary files to go")
+    wait_for(lambda: hidden(work) == [], timeout=60,
+             what="abandoned temporary files to go")
     assert os.listdir(work) == []
     assert write_file(ag, str(work / "after"), [b"fine"]) == OK
     assert os.listdir(work) == ["after"]
@@ -1223,10 +1198,11 @@ def test_upload_aborted_when_a_virtio_style_port_hangs_up(tmp_path, work):
         i = write_open(ag, str(work / "upload"))
         ag.send(i, "core.fs.data", {"data": b"partial"})
         sync(ag, i)
-        wait_for(lambda: len(hidden(work)) == 1, "the temporary file")
+        wait_for(lambda: len(hidden(work)) == 1, timeout=60, what="the temporary file")
         os.close(master)  # hang-up
         master = -1
-        wait_for(lambda: hidden(work) == [], "the aborted upload's temporary file to go")
+        wait_for(lambda: hidden(work) == [], timeout=60,
+                 what="the aborted upload's temporary file to go")
         assert proc.poll() is None
         proc.terminate()
         assert proc.wait(timeout=10) == 0

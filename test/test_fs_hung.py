@@ -22,6 +22,8 @@ import time
 
 import pytest
 
+from testlib import children, wait_for
+
 
 FUSE_SERVER = r'''
 import ctypes, errno, os, struct, sys
@@ -46,35 +48,10 @@ sys.stdin.read()
 '''
 
 MNT_DETACH = 2
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
-
-
-def children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-        except OSError:
-            continue
-        if int(st[st.rindex(")") + 2:].split()[1]) == pid:
-            out.append(int(d))
-    return out
-
-
 def fuse_waiters(pid):
     """Children of pid asleep on the FUSE connection."""
     out = []
-    for c in children(pid):
+    for c, _ in children(pid):
         try:
             with open("/proc/%d/wchan" % c) as f:
                 w = f.read()
@@ -156,8 +133,8 @@ def stick_four(ag, mnt):
         "Write": request(ag, "Write", path=mnt + "/g"),
     }
     ag.send(ids["Write"], "core.fs.data", {"data": b"never lands"})
-    wait_for(lambda: len(fuse_waiters(ag.proc.pid)) >= 4,
-             "four agent children asleep on the hung mount")
+    wait_for(lambda: len(fuse_waiters(ag.proc.pid)) >= 4, timeout=60,
+             what="four agent children asleep on the hung mount")
     return ids
 
 
@@ -172,8 +149,8 @@ def test_hung_filesystem_holds_nothing_else(hung_fs, agent):
     # nothing is ever sent for it
     for op in ("Stat", "Read", "Write"):
         agent.signal(ids[op], 9)
-    wait_for(lambda: len(fuse_waiters(agent.proc.pid)) == 1,
-             "the cancelled requests' children to end")
+    wait_for(lambda: len(fuse_waiters(agent.proc.pid)) == 1, timeout=60,
+             what="the cancelled requests' children to end")
     # the slot is free: the id can be used again
     agent.send(ids["Stat"], "core.fs.request", {"op": {"Stat": {"path": "/"}}})
     assert response(agent, ids["Stat"])["ok"]
@@ -190,8 +167,8 @@ def test_hung_filesystem_holds_nothing_else(hung_fs, agent):
 
 def test_heartbeat_into_hung_runtime_dir_does_not_stop_exec(hung_fs, spawn_agent):
     ag = spawn_agent(runtime_dir=hung_fs.path, heartbeat_interval=1)
-    wait_for(lambda: len(fuse_waiters(ag.proc.pid)) == 1,
-             "the heartbeat child asleep on the hung runtime directory")
+    wait_for(lambda: len(fuse_waiters(ag.proc.pid)) == 1, timeout=60,
+             what="the heartbeat child asleep on the hung runtime directory")
     # keep the agent busy across several heartbeat ticks (an absolute
     # program path: a bare name is searched in the runtime directory's
     # scripts/ first, which would hang the exec child itself)
