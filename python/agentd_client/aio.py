@@ -254,7 +254,7 @@ class AsyncClient:
         await self._drive(iter_send(self.proto.shutdown()))
 
 
-class AsyncProcess:
+class AsyncProcess(protocol.ExitStatus):
     """As client.Process, with awaitable methods and `async for`."""
 
     def __init__(self, client, st):
@@ -340,13 +340,3 @@ class AsyncProcess:
                 return b"".join(out["stdout"]), b"".join(out["stderr"])
             out[o[0]].append(o[1])
 
-    code = property(lambda self: self.state.code)
-    exit_signal = property(lambda self: self.state.signal)
-    done = property(lambda self: self.state.done)
-
-    @property
-    def returncode(self):
-        st = self.state
-        if not st.done:
-            return None
-        return -st.signal if st.signal else st.code

@@ -279,7 +279,7 @@ def iter_send(data):
     yield ("send", data)
 
 
-class Process:
+class Process(protocol.ExitStatus):
     """A running command: pid, write(), eof(), signal(), resize(); iterate
     for ("stdout"|"stderr", bytes) until it exits; wait() for the status.
     code and exit_signal are None until it exited.  ExecError (from pid,
@@ -370,16 +370,6 @@ class Process:
                 return b"".join(out["stdout"]), b"".join(out["stderr"])
             out[o[0]].append(o[1])
 
-    code = property(lambda self: self.state.code)
-    exit_signal = property(lambda self: self.state.signal)
-    done = property(lambda self: self.state.done)
-
-    @property
-    def returncode(self):
-        st = self.state
-        if not st.done:
-            return None
-        return -st.signal if st.signal else st.code
 
 
 def iter_recv(msg_id, timeout):

@@ -420,3 +420,18 @@ def wait_ready(proto, timeout):
     if f.t == READY:
         proto.abandon(i)
     return Ready(proto.ready.p) if proto.ready is not None else None
+
+
+class ExitStatus:
+    """How a process ended, read from its exchange's state (self.state):
+    shared by the blocking and the asyncio Process."""
+    code = property(lambda self: self.state.code)
+    exit_signal = property(lambda self: self.state.signal)
+    done = property(lambda self: self.state.done)
+
+    @property
+    def returncode(self):
+        st = self.state
+        if not st.done:
+            return None
+        return -st.signal if st.signal else st.code
