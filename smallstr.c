@@ -40,3 +40,33 @@ void *memmem(const void *hay, size_t n, const void *needle, size_t m)
 			return (void *)(h + i);
 	return NULL;
 }
+
+/* The rest as byte loops: musl's word-at-a-time versions are 0.4 KB and
+ * the agent's strings are paths, names and short messages. */
+size_t strlen(const char *s)
+{
+	const char *e = s;
+
+	while (*e)
+		e++;
+	return (size_t)(e - s);
+}
+
+void *memchr(const void *p, int c, size_t n)
+{
+	const unsigned char *s = p;
+
+	for (; n; n--, s++)
+		if (*s == (unsigned char)c)
+			return (void *)s;
+	return NULL;
+}
+
+char *strcpy(char *d, const char *s)
+{
+	char *r = d;
+
+	while ((*d++ = *s++))
+		;
+	return r;
+}
