@@ -360,7 +360,7 @@ def host_scratch():
 def fresh(agentd, scratch, name, fn):
 	"""Run fn on a fresh agent (so VmHWM is this workload's own peak):
 	(fn's value, the agent's VmHWM, the client's CPU seconds)."""
-	log("host: %s%s" % (name, "" if agentd == fresh.ours else " (%s)" % agentd))
+	log("host: %s" % name)
 	agentclient.AGENTD = agentd
 	a = agentclient.Agent.spawn("--runtime-dir", scratch, stderr=subprocess.DEVNULL)
 	try:
@@ -374,9 +374,6 @@ def fresh(agentd, scratch, name, fn):
 	return v, st["VmHWM"], cpu
 
 
-fresh.ours = None
-
-
 def throughput(res, run, key, name, reps, fn):
 	"""Median of reps transfers on one fresh agent (run = fresh bound to
 	an agent binary and scratch dir)."""
@@ -385,12 +382,12 @@ def throughput(res, run, key, name, reps, fn):
 	res[key + "_hwm_kb"], res[key + "_client_cpu_s"] = hwm, cpu
 
 
-def host_fs(agentd, o, scratch, res):
+def host_fs(agentd, o, scratch, res, tag=""):
 	"""The filesystem figures of one agent binary (issue 14): Stat, small
 	Write and small Read round trips on one fresh agent, then the large
-	write and read, each on a fresh agent."""
+	write and read, each on a fresh agent.  tag: added to the log lines."""
 	def run(name, fn):
-		return fresh(agentd, scratch, name, fn)
+		return fresh(agentd, scratch, name + tag, fn)
 	small = os.path.join(scratch, "fssmall.bin")
 	try:
 		def rtts(a):
@@ -427,7 +424,6 @@ def host_fs(agentd, o, scratch, res):
 
 def host_mode(agentd, o):
 	res = {}
-	fresh.ours = agentd
 	scratch = host_scratch()
 	try:
 		def run(name, fn):
@@ -460,7 +456,7 @@ def baseline_host_fs(agentd, o):
 	"""host_fs() of the --baseline agent, in a scratch dir of its own."""
 	scratch = host_scratch()
 	try:
-		return host_fs(agentd, o, scratch, {})
+		return host_fs(agentd, o, scratch, {}, " (baseline %s)" % agentd)
 	finally:
 		shutil.rmtree(scratch, ignore_errors=True)
 
