@@ -482,7 +482,11 @@ def resolve_baseline(spec):
 		try:
 			subprocess.run("git -C %s archive %s | tar -x -C %s" % (
 				shlex.quote(ROOT), full, shlex.quote(tmp)), shell=True, check=True)
-			r = subprocess.run(["make", "-C", tmp, "agentd"], capture_output=True, text=True)
+			# Not the variables of a `make bench RUNS=3 ...` this may run under.
+			env = {k: v for k, v in os.environ.items()
+			       if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+			r = subprocess.run(["make", "-C", tmp, "agentd"], capture_output=True,
+					   text=True, env=env)
 			if r.returncode != 0:
 				sys.exit("bench: building agentd at %s failed:\n%s" % (full, r.stderr[-2000:]))
 			shutil.copy(os.path.join(tmp, "agentd"), out + ".tmp")
@@ -1087,8 +1091,9 @@ def table_lines(rows):
 	for r in rows:
 		ratio = "%.3f" % r["ratio"] if "ratio" in r else "-"
 		spread = r.get("ratio_runs") or []
-		if "ratio" in r and len(spread) > 1:
-			ratio += " (%.2f-%.2f)" % (min(spread), max(spread))
+		lo, hi = "%.2f" % min(spread or [0]), "%.2f" % max(spread or [0])
+		if "ratio" in r and len(spread) > 1 and lo != hi:
+			ratio += " (%s-%s)" % (lo, hi)
 		target = r.get("target_text") or "-"
 		if "meets_target" in r:
 			target += " ok" if r["meets_target"] else " MISS"
