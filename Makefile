@@ -117,7 +117,7 @@ fuzz: $(FUZZ_TARGETS)
 	./fuzz/run-fuzzers $(FUZZ_SECONDS)
 
 bench: agentd agentctl
-	$(PYTHON) bench/bench.py $(if $(PEER),--peer)
+	$(PYTHON) bench/bench.py $(if $(PEER),--peer) $(if $(RUNS),--runs $(RUNS)) $(if $(BASELINE),--baseline $(BASELINE))
 
 # ---- other architectures, release binaries ----
 # make ARCH=aarch64: static build/aarch64/agentd and agentctl (musl, with

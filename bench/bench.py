@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import struct
@@ -243,6 +244,66 @@ def fs_read_or_partial(a, path, nbytes, res):
 		return e.bps
 
 
+def fs_ok(f, what):
+	if f.t != "core.fs.response" or not f.p.get("ok"):
+		raise RuntimeError("%s: %r" % (what, f))
+
+
+def fs_stat_rtt(a, warm, n):
+	"""Seconds per core.fs.request Stat of "/" to its response, after warm
+	untimed ones."""
+	out = []
+	for i in range(warm + n):
+		t = time.perf_counter()
+		mid = a.new_id()
+		a.send(mid, "core.fs.request", {"op": {"Stat": {"path": "/"}}})
+		f = a.recv(timeout=60, msg_id=mid)
+		dt = time.perf_counter() - t
+		fs_ok(f, "fs Stat")
+		if i >= warm:
+			out.append(dt)
+	return out
+
+
+SMALL = b"x" * 100
+
+
+def fs_small_write_rtt(a, path, n):
+	"""Seconds per Write of 100 bytes: request, one core.fs.data of 100 B,
+	the empty data frame, until the ok response."""
+	out = []
+	for _ in range(n):
+		t = time.perf_counter()
+		mid = a.new_id()
+		a.send(mid, "core.fs.request", {"op": {"Write": {"path": path, "mode": None}}})
+		a.send(mid, "core.fs.data", {"data": SMALL})
+		a.send(mid, "core.fs.data", {"data": b""})
+		f = a.recv(timeout=60, msg_id=mid)
+		out.append(time.perf_counter() - t)
+		fs_ok(f, "fs small Write")
+	return out
+
+
+def fs_small_read_rtt(a, path, n):
+	"""Seconds per Read of that 100-byte file, request to response."""
+	out = []
+	for _ in range(n):
+		t = time.perf_counter()
+		mid = a.new_id()
+		a.send(mid, "core.fs.request", {"op": {"Read": {"path": path}}})
+		got = b""
+		while True:
+			f = a.recv(timeout=60, msg_id=mid)
+			if f.t != "core.fs.data":
+				break
+			got += f.p["data"]
+		out.append(time.perf_counter() - t)
+		fs_ok(f, "fs small Read")
+		if got != SMALL:
+			raise RuntimeError("fs small Read: %d bytes back" % len(got))
+	return out
+
+
 def concurrent_sessions(a, n):
 	"""Wall seconds for n `cat` sessions that are all alive at once: start
 	them all, wait until every one has started, then feed each its own
@@ -291,69 +352,148 @@ def median_of(n, fn):
 	return statistics.median(samples), samples
 
 
-def host_mode(agentd, o):
-	agentclient.AGENTD = agentd
-	res = {}
-	scratch = tempfile.mkdtemp(prefix="agentd-bench-",
-				   dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-	try:
-		def fresh(name, fn):
-			"""Each workload gets a fresh agent so VmHWM is its own peak."""
-			log("host: %s" % name)
-			a = agentclient.Agent.spawn("--runtime-dir", scratch,
-						    stderr=subprocess.DEVNULL)
-			try:
-				cpu0 = time.process_time()
-				v = fn(a)
-				cpu = time.process_time() - cpu0
-				st = host_status(a.proc.pid)
-				a.shutdown()
-			finally:
-				a.close()
-			return v, st["VmHWM"], cpu
+def host_scratch():
+	return tempfile.mkdtemp(prefix="agentd-bench-",
+				dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 
-		rtt, hwm, _ = fresh("exec rtt", lambda a: exec_rtt(a, o.host_execs))
+
+def fresh(agentd, scratch, name, fn):
+	"""Run fn on a fresh agent (so VmHWM is this workload's own peak):
+	(fn's value, the agent's VmHWM, the client's CPU seconds)."""
+	log("host: %s" % name)
+	agentclient.AGENTD = agentd
+	a = agentclient.Agent.spawn("--runtime-dir", scratch, stderr=subprocess.DEVNULL)
+	try:
+		cpu0 = time.process_time()
+		v = fn(a)
+		cpu = time.process_time() - cpu0
+		st = host_status(a.proc.pid)
+		a.shutdown()
+	finally:
+		a.close()
+	return v, st["VmHWM"], cpu
+
+
+def throughput(res, run, key, name, reps, fn):
+	"""Median of reps transfers on one fresh agent (run = fresh bound to
+	an agent binary and scratch dir)."""
+	(bps, samples), hwm, cpu = run(name, lambda a: median_of(reps, lambda: fn(a)))
+	res[key + "_Bps"], res[key + "_samples_Bps"] = bps, samples
+	res[key + "_hwm_kb"], res[key + "_client_cpu_s"] = hwm, cpu
+
+
+def host_fs(agentd, o, scratch, res, tag=""):
+	"""The filesystem figures of one agent binary (issue 14): Stat, small
+	Write and small Read round trips on one fresh agent, then the large
+	write and read, each on a fresh agent.  tag: added to the log lines."""
+	def run(name, fn):
+		return fresh(agentd, scratch, name + tag, fn)
+	small = os.path.join(scratch, "fssmall.bin")
+	try:
+		def rtts(a):
+			return (fs_stat_rtt(a, o.fs_stat_warm, o.fs_stat_n),
+				fs_small_write_rtt(a, small, o.fs_small_n),
+				fs_small_read_rtt(a, small, o.fs_small_n))
+		(stat, wr, rd), _, _ = run("fs Stat / small Write / small Read round trips", rtts)
+		res["fs_stat_rtt_median_s"] = statistics.median(stat)
+		res["fs_stat_rtt_p99_s"] = percentile(stat, 99)
+		res["fs_small_write_rtt_median_s"] = statistics.median(wr)
+		res["fs_small_read_rtt_median_s"] = statistics.median(rd)
+		res["fs_rtt_n"] = {"stat": len(stat), "small": len(wr)}
+	except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
+		res["fs_rtt_note"] = "fs round trips skipped: %s" % e
+		log(res["fs_rtt_note"])
+	finally:
+		if os.path.exists(small):
+			os.unlink(small)
+	path = os.path.join(scratch, "fsbench.bin")
+	try:
+		throughput(res, run, "fs_write", "fs write %d MiB" % (o.host_fs // MiB),
+			   o.host_reps, lambda a: fs_write(a, path, o.host_fs))
+		throughput(res, run, "fs_read", "fs read %d MiB" % (o.host_fs // MiB),
+			   o.host_reps, lambda a: fs_read_or_partial(a, path, o.host_fs, res))
+		res["fs_bytes"] = o.host_fs
+	except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
+		res["fs_note"] = "fs skipped: %s" % e
+		log(res["fs_note"])
+	finally:
+		if os.path.exists(path):
+			os.unlink(path)
+	return res
+
+
+def host_mode(agentd, o):
+	res = {}
+	scratch = host_scratch()
+	try:
+		def run(name, fn):
+			return fresh(agentd, scratch, name, fn)
+
+		rtt, hwm, _ = run("exec rtt", lambda a: exec_rtt(a, o.host_execs))
 		res["exec_rtt_median_s"] = statistics.median(rtt)
 		res["exec_rtt_p99_s"] = percentile(rtt, 99)
 		res["exec_rtt_n"] = len(rtt)
 		res["exec_rtt_hwm_kb"] = hwm
-		def throughput(key, name, fn):
-			"""Median of o.host_reps transfers on one agent."""
-			(bps, samples), hwm, cpu = fresh(name, lambda a: median_of(
-				o.host_reps, lambda: fn(a)))
-			res[key + "_Bps"], res[key + "_samples_Bps"] = bps, samples
-			res[key + "_hwm_kb"], res[key + "_client_cpu_s"] = hwm, cpu
-
-		throughput("stdout", "stdout %d MiB" % (o.host_stdout // MiB),
-			   lambda a: stdout_throughput(a, o.host_stdout))
-		throughput("stdin", "stdin %d MiB" % (o.host_stdin // MiB),
-			   lambda a: stdin_throughput(a, o.host_stdin))
+		throughput(res, run, "stdout", "stdout %d MiB" % (o.host_stdout // MiB),
+			   o.host_reps, lambda a: stdout_throughput(a, o.host_stdout))
+		throughput(res, run, "stdin", "stdin %d MiB" % (o.host_stdin // MiB),
+			   o.host_reps, lambda a: stdin_throughput(a, o.host_stdin))
 		res["stdout_bytes"], res["stdin_bytes"] = o.host_stdout, o.host_stdin
-		up, _, _ = fresh("64 MiB upload in 3 MiB stdin frames", lambda a: upload_memory(
+		up, _, _ = run("64 MiB upload in 3 MiB stdin frames", lambda a: upload_memory(
 			a, lambda: host_status(a.proc.pid)))
 		res.update(up)
-
-		path = os.path.join(scratch, "fsbench.bin")
-		try:
-			throughput("fs_write", "fs write %d MiB" % (o.host_fs // MiB),
-				   lambda a: fs_write(a, path, o.host_fs))
-			throughput("fs_read", "fs read %d MiB" % (o.host_fs // MiB),
-				   lambda a: fs_read_or_partial(a, path, o.host_fs, res))
-			res["fs_bytes"] = o.host_fs
-		except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
-			res["fs_note"] = "fs skipped: %s" % e
-			log(res["fs_note"])
-		finally:
-			if os.path.exists(path):
-				os.unlink(path)
-
-		wall, hwm, _ = fresh("%d concurrent sessions" % o.sessions,
-				     lambda a: concurrent_sessions(a, o.sessions))
+		host_fs(agentd, o, scratch, res)
+		wall, hwm, _ = run("%d concurrent sessions" % o.sessions,
+				   lambda a: concurrent_sessions(a, o.sessions))
 		res["sessions"], res["sessions_wall_s"] = o.sessions, wall
 		res["sessions_hwm_kb"] = hwm
 	finally:
 		shutil.rmtree(scratch, ignore_errors=True)
 	return res
+
+
+def baseline_host_fs(agentd, o):
+	"""host_fs() of the --baseline agent, in a scratch dir of its own."""
+	scratch = host_scratch()
+	try:
+		return host_fs(agentd, o, scratch, {}, " (baseline %s)" % agentd)
+	finally:
+		shutil.rmtree(scratch, ignore_errors=True)
+
+
+def resolve_baseline(spec):
+	"""(binary path, name) of --baseline: a path to an agentd binary, or a
+	git revision built once into ~/.cache/agentd-bench/agentd-HASH
+	(git archive of the revision, make agentd in a temporary tree)."""
+	if os.path.isfile(spec):
+		return os.path.abspath(spec), os.path.basename(spec)
+	r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", spec + "^{commit}"],
+			   capture_output=True, text=True)
+	if r.returncode != 0:
+		sys.exit("bench: --baseline %s is neither a file nor a git revision" % spec)
+	full = r.stdout.strip()
+	cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+			     os.path.expanduser("~/.cache"), "agentd-bench")
+	out = os.path.join(cache, "agentd-" + full)
+	if not os.path.exists(out):
+		log("building agentd at %s" % full[:12])
+		os.makedirs(cache, exist_ok=True)
+		tmp = tempfile.mkdtemp(prefix="agentd-bench-base-")
+		try:
+			subprocess.run("git -C %s archive %s | tar -x -C %s" % (
+				shlex.quote(ROOT), full, shlex.quote(tmp)), shell=True, check=True)
+			# Not the variables of a `make bench RUNS=3 ...` this may run under.
+			env = {k: v for k, v in os.environ.items()
+			       if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+			r = subprocess.run(["make", "-C", tmp, "agentd"], capture_output=True,
+					   text=True, env=env)
+			if r.returncode != 0:
+				sys.exit("bench: building agentd at %s failed:\n%s" % (full, r.stderr[-2000:]))
+			shutil.copy(os.path.join(tmp, "agentd"), out + ".tmp")
+			os.replace(out + ".tmp", out)
+		finally:
+			shutil.rmtree(tmp, ignore_errors=True)
+	return out, full[:7]
 
 
 # ---------------------------------------------------------------------------
@@ -709,50 +849,112 @@ def med(runs, key):
 	return statistics.median(vals) if vals else None
 
 
-# (key, label, unit, scale, better, target ratio, raw-port key)
-# better: "low" = smaller is better (target is a maximum ratio),
-#         "high" = larger is better (target is a minimum ratio).
+# Targets (issue 13).  A target is a tuple (kind, op, value):
+#   ("ratio", op, v)  ours/peer op v
+#   ("abs", op, v)    ours (in the row's unit) op v
+#   ("pipe", op, v)   ours as a fraction of the raw port through one pipe
+#                     hop (ours_of_raw_pipe) op v
+def RATIO(op, v):
+	return ("ratio", op, v)
+
+
+def ABS(op, v):
+	return ("abs", op, v)
+
+
+def OF_PIPE(op, v):
+	return ("pipe", op, v)
+
+
+OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b,
+       ">=": lambda a, b: a >= b, ">": lambda a, b: a > b}
+
+SIZE_TARGET = ABS("<=", 80000)
+UPLOAD_HWM_TARGET = ABS("<=", 1024)
+IDLE_RSS_TARGET = ABS("<", 400)
+
+# (key, label, unit, scale, better, target, raw-port key)
+# better: "low" = smaller is better, "high" = larger is better.
 VM_ROWS = [
-	("start_to_ready_s", "VM agent start to ready", "ms", 1e3, "low", 0.5, None),
+	("start_to_ready_s", "VM agent start to ready", "ms", 1e3, "low", None, None),
 	("wall_to_ready_s", "VM host wall time to ready", "s", 1, "low", None, None),
-	("exec_rtt_median_s", "VM exec RTT `true` (median of 100)", "ms", 1e3, "low", 0.7, None),
-	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", 1.0, "g2h"),
-	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", 1.0, "h2g"),
+	("exec_rtt_median_s", "VM exec RTT `true` (median of 100)", "ms", 1e3, "low",
+	 RATIO("<=", 0.5), None),
+	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", OF_PIPE(">=", 0.8), "g2h"),
+	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", OF_PIPE(">=", 0.8), "h2g"),
 	("upload_hwm_kb", "VM agent VmHWM after 64 MiB stdin in 3 MiB frames", "kB", 1,
-	 "low", None, None),
-	("idle_rss_kb", "VM agent VmRSS 1 s after transfers end", "kB", 1, "low", None, None),
-	("VmRSS", "VM agent VmRSS after run", "kB", 1, "low", 0.25, None),
-	("VmHWM", "VM agent VmHWM after run", "kB", 1, "low", 0.25, None),
+	 "low", UPLOAD_HWM_TARGET, None),
+	("idle_rss_kb", "VM agent VmRSS 1 s after transfers end", "kB", 1, "low",
+	 IDLE_RSS_TARGET, None),
+	("VmRSS", "VM agent VmRSS after run", "kB", 1, "low", RATIO("<=", 0.25), None),
+	("VmHWM", "VM agent VmHWM after run", "kB", 1, "low", RATIO("<=", 0.25), None),
 ]
 
 
-def build_table(host, vm, sizes, o):
+def target_value(r):
+	"""The figure a row's target is about, or None when it is missing."""
+	spec = r.get("target_spec")
+	if not spec:
+		return None
+	return {"ratio": r.get("ratio"), "abs": r.get("ours"),
+		"pipe": r.get("ours_of_raw_pipe")}[spec[0]]
+
+
+def set_meets_target(r):
+	"""meets_target from whichever target the row has (absent when the
+	row has no target or the figure it needs is missing)."""
+	r.pop("meets_target", None)
+	v = target_value(r)
+	if v is not None:
+		spec = r["target_spec"]
+		r["meets_target"] = OPS[spec[1]](v, spec[2])
+	return r
+
+
+def target_text(spec, unit):
+	kind, op, v = spec
+	if kind == "ratio":
+		return "ours/peer %s %g" % (op, v)
+	if kind == "abs":
+		return "ours %s %s" % (op, fmt(v, unit))
+	return "ours %s %.0f%% of port+pipe" % (op, 100 * v)
+
+
+def make_row(label, unit, ours, peer=None, better=None, target=None, raw=None,
+	     scale=1.0, raw_pipe=None):
+	"""One table row.  "target" stays the bare ratio (the chart's tick) for
+	ratio targets; target_spec and target_text describe any target."""
+	r = {"metric": label, "unit": unit,
+	     "ours": None if ours is None else ours * scale,
+	     "peer": None if peer is None else peer * scale,
+	     "better": better,
+	     "target": target[2] if target and target[0] == "ratio" else None}
+	if target:
+		r["target_spec"] = list(target)
+		r["target_text"] = target_text(target, unit)
+	if ours is not None and peer:
+		r["ratio"] = ours / peer
+	if raw and ours is not None:
+		r["raw_port"] = raw * scale
+		r["ours_of_raw"] = ours / raw
+		if peer:
+			r["peer_of_raw"] = peer / raw
+	if raw_pipe and ours is not None:
+		r["raw_port_pipe"] = raw_pipe * scale
+		r["ours_of_raw_pipe"] = ours / raw_pipe
+		if peer:
+			r["peer_of_raw_pipe"] = peer / raw_pipe
+	return set_meets_target(r)
+
+
+def build_table(host, vm, sizes, o=None, base=None, base_name=None):
+	"""One run's rows.  base: host_fs() figures of the --baseline agent."""
 	rows = []
 
-	def row(label, unit, ours, peer=None, better=None, target=None, raw=None,
-		scale=1.0, raw_pipe=None):
-		r = {"metric": label, "unit": unit,
-		     "ours": None if ours is None else ours * scale,
-		     "peer": None if peer is None else peer * scale,
-		     "better": better, "target": target}
-		if ours is not None and peer:
-			r["ratio"] = ours / peer
-			if target is not None:
-				r["meets_target"] = (r["ratio"] <= target if better == "low"
-						     else r["ratio"] >= target)
-		if raw and ours is not None:
-			r["raw_port"] = raw * scale
-			r["ours_of_raw"] = ours / raw
-			if peer:
-				r["peer_of_raw"] = peer / raw
-		if raw_pipe and ours is not None:
-			r["raw_port_pipe"] = raw_pipe * scale
-			r["ours_of_raw_pipe"] = ours / raw_pipe
-			if peer:
-				r["peer_of_raw_pipe"] = peer / raw_pipe
-		rows.append(r)
+	def row(*args, **kw):
+		rows.append(make_row(*args, **kw))
 
-	row("binary size", "bytes", sizes["ours"], sizes.get("peer"), "low", 0.05)
+	row("binary size", "bytes", sizes["ours"], sizes.get("peer"), "low", SIZE_TARGET)
 	for arch, size in sorted(sizes.get("ours_arch", {}).items()):
 		row("binary size, %s" % arch, "bytes", size)
 	if vm:
@@ -764,11 +966,12 @@ def build_table(host, vm, sizes, o):
 		if peer:
 			row("VM start to ready, module loading included", "ms",
 			    med(ours, "start_to_ready_s"),
-			    med(peer, "start_to_ready_with_modules_s"), "low", 0.5, None, 1e3)
+			    med(peer, "start_to_ready_with_modules_s"), "low", RATIO("<=", 0.4),
+			    None, 1e3)
 		if vm.get("ours-helper"):
 			row("VM start to ready, both behind helper /init", "ms",
 			    med(vm["ours-helper"], "start_to_ready_s"),
-			    med(peer, "start_to_ready_s"), "low", 0.5, None, 1e3)
+			    med(peer, "start_to_ready_s"), "low", RATIO("<=", 0.35), None, 1e3)
 			row("VM wall to ready, both behind helper /init", "s",
 			    med(vm["ours-helper"], "wall_to_ready_s"),
 			    med(peer, "wall_to_ready_s"), "low", None, None, 1)
@@ -788,17 +991,12 @@ def build_table(host, vm, sizes, o):
 		    host["stdout_Bps"], scale=1e-6)
 		row("host stdin %d MiB" % (host["stdin_bytes"] // MiB), "MB/s",
 		    host["stdin_Bps"], scale=1e-6)
-		if "fs_write_Bps" in host:
-			row("host fs write %d MiB" % (host["fs_bytes"] // MiB), "MB/s",
-			    host["fs_write_Bps"], scale=1e-6)
-			row("host fs read %d MiB%s" % (host["fs_bytes"] // MiB,
-			    " (cut short)" if "fs_read_note" in host else ""), "MB/s",
-			    host["fs_read_Bps"], scale=1e-6)
+		fs_rows(row, host, base, base_name)
 		if "upload_hwm_kb" in host:
 			row("host agent VmHWM, 64 MiB stdin in 3 MiB frames", "kB",
-			    host["upload_hwm_kb"], better="low")
+			    host["upload_hwm_kb"], better="low", target=UPLOAD_HWM_TARGET)
 			row("host agent VmRSS 1 s after transfers end", "kB",
-			    host["idle_rss_kb"], better="low")
+			    host["idle_rss_kb"], better="low", target=IDLE_RSS_TARGET)
 		row("host %d concurrent sessions, wall" % host["sessions"], "s",
 		    host["sessions_wall_s"])
 		for key, name in (("exec_rtt", "exec RTT"), ("stdout", "stdout"),
@@ -807,6 +1005,30 @@ def build_table(host, vm, sizes, o):
 			if key + "_hwm_kb" in host:
 				row("host agent VmHWM, %s" % name, "kB", host[key + "_hwm_kb"])
 	return rows
+
+
+def fs_rows(row, host, base=None, base_name=None):
+	"""The host-mode filesystem rows (issue 14): round trips of small
+	requests and the large transfers; with a baseline agent each row is
+	followed by the same figure of that agent, labelled with its name."""
+	def both(label, unit, key, scale, better):
+		for res, suffix in ((host, ""), (base, ", agentd at %s" % base_name)):
+			if res and key in res:
+				cut = " (cut short)" if key == "fs_read_Bps" and "fs_read_note" in res else ""
+				row(label + cut + suffix, unit, res[key], better=better, scale=scale)
+	n = host.get("fs_rtt_n") or (base or {}).get("fs_rtt_n")
+	if n:
+		both("host fs Stat \"/\" RTT median (n=%d)" % n["stat"], "us",
+		     "fs_stat_rtt_median_s", 1e6, "low")
+		both("host fs Stat \"/\" RTT p99", "us", "fs_stat_rtt_p99_s", 1e6, "low")
+		both("host fs Write 100 B RTT median (n=%d)" % n["small"], "us",
+		     "fs_small_write_rtt_median_s", 1e6, "low")
+		both("host fs Read 100 B RTT median (n=%d)" % n["small"], "us",
+		     "fs_small_read_rtt_median_s", 1e6, "low")
+	nbytes = host.get("fs_bytes") or (base or {}).get("fs_bytes")
+	if nbytes:
+		both("host fs write %d MiB" % (nbytes // MiB), "MB/s", "fs_write_Bps", 1e-6, "high")
+		both("host fs read %d MiB" % (nbytes // MiB), "MB/s", "fs_read_Bps", 1e-6, "high")
 
 
 def spawn_rows(row, ours):
@@ -861,17 +1083,20 @@ def print_table(rows, out=sys.stdout):
 
 
 def table_lines(rows):
-	"""The table as rows of strings: header first."""
+	"""The table as rows of strings: header first.  With several runs the
+	ratio is followed by the range of the per-run ratios."""
 	hdr = ("metric", "unit", "ours", "peer", "ours/peer", "target",
 	       "of raw port (of port+pipe)")
 	lines = [hdr]
 	for r in rows:
 		ratio = "%.3f" % r["ratio"] if "ratio" in r else "-"
+		spread = r.get("ratio_runs") or []
+		lo, hi = "%.2f" % min(spread or [0]), "%.2f" % max(spread or [0])
+		if "ratio" in r and len(spread) > 1 and lo != hi:
+			ratio += " (%s-%s)" % (lo, hi)
+		target = r.get("target_text") or "-"
 		if "meets_target" in r:
-			ratio += " ok" if r["meets_target"] else " MISS"
-		target = "-"
-		if r.get("target") is not None:
-			target = ("<= %g" if r["better"] == "low" else ">= %g") % r["target"]
+			target += " ok" if r["meets_target"] else " MISS"
 		raw = "-"
 		if "ours_of_raw" in r:
 			raw = "ours %.0f%%" % (100 * r["ours_of_raw"])
@@ -884,6 +1109,41 @@ def table_lines(rows):
 		lines.append((r["metric"], r["unit"], fmt(r["ours"], r["unit"]),
 			      fmt(r["peer"], r["unit"]), ratio, target, raw))
 	return lines
+
+
+MEDIAN_FIELDS = ("ours", "peer", "ratio", "raw_port", "ours_of_raw", "peer_of_raw",
+		 "raw_port_pipe", "ours_of_raw_pipe", "peer_of_raw_pipe")
+
+
+def median_table(tables):
+	"""One table from the tables of several runs: per row (matched by
+	metric, in first-seen order) the median over the runs of each figure;
+	the ratio is the median of the per-run ratios (not the ratio of the
+	medians), kept with them in ratio_runs; meets_target is recomputed on
+	the medians."""
+	order, by_metric = [], {}
+	for rows in tables:
+		for r in rows:
+			if r["metric"] not in by_metric:
+				order.append(r["metric"])
+				by_metric[r["metric"]] = []
+			by_metric[r["metric"]].append(r)
+	out = []
+	for metric in order:
+		rs = by_metric[metric]
+		m = {k: v for k, v in rs[0].items() if k not in MEDIAN_FIELDS}
+		for k in MEDIAN_FIELDS:
+			vals = [r[k] for r in rs if r.get(k) is not None]
+			if vals:
+				m[k] = statistics.median(vals)
+			elif k in ("ours", "peer"):
+				m[k] = None
+		ratios = [r["ratio"] for r in rs if r.get("ratio") is not None]
+		if ratios:
+			m["ratio_runs"] = ratios
+		m["runs"] = len(rs)
+		out.append(set_meets_target(m))
+	return out
 
 
 def markdown_table(rows):
@@ -908,10 +1168,13 @@ def update_readme(result):
 	if a < 0 or b < a:
 		return
 	m = result["machine"]
-	block = "%s\n\nRun of %s at commit %s on %s (%d CPUs), %s, guest kernel %s, %s, %.0f s.\n\n%s" % (
+	n = len(result.get("runs") or [None])
+	how = ("median of %d runs (ours/peer: the median of the per-run ratios, their "
+	       "range in brackets)" % n if n > 1 else "one run")
+	block = "%s\n\nRun of %s at commit %s on %s (%d CPUs), %s, guest kernel %s, %s, %.0f s; %s.\n\n%s" % (
 		README_BEGIN, result["date"], result["git"], m["cpu"], m["cpus"], m["qemu"],
 		os.path.basename(m["guest_kernel"] or "?"), m["accel"].upper(),
-		result["duration_s"], markdown_table(result["table"]))
+		result["duration_s"], how, markdown_table(result["table"]))
 	if result["notes"]:
 		block += "\n" + "".join("Note: %s\n" % n for n in result["notes"])
 	with open(path + ".tmp", "w") as f:
@@ -957,8 +1220,18 @@ def parse_args():
 	ap.add_argument("--no-vm", action="store_true")
 	ap.add_argument("--quick", action="store_true",
 			help="small sizes, one boot: a smoke test of the driver")
+	ap.add_argument("--runs", type=int, default=1,
+			help="complete measurements; the table gives the median of each "
+			     "row over them (default 1)")
+	ap.add_argument("--baseline", metavar="REV|PATH",
+			help="also measure the host-mode fs figures of agentd built at "
+			     "git revision REV (cached in ~/.cache/agentd-bench), or of "
+			     "the agentd binary at PATH")
 	ap.add_argument("--out", default=os.path.join(HERE, "results"))
 	o = ap.parse_args()
+	if o.runs < 1:
+		ap.error("--runs must be at least 1")
+	o.fs_stat_warm, o.fs_stat_n, o.fs_small_n = 200, 2000, 500
 	o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 1000, GiB, 256 * MiB, GiB
 	o.host_reps = 3
 	o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 200, 100, 64 * MiB, 16 * MiB
@@ -966,6 +1239,7 @@ def parse_args():
 		o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 50, 16 * MiB, 16 * MiB, 16 * MiB
 		o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 20, 10, 4 * MiB, 1 * MiB
 		o.boots, o.helper_boots, o.host_reps = 1, 1, 1
+		o.fs_stat_warm, o.fs_stat_n, o.fs_small_n = 20, 200, 50
 	return o
 
 
@@ -988,6 +1262,27 @@ def fetch_peer():
 	return r.stdout.strip()
 
 
+def measure_run(agentd, peer, base, base_name, sizes, o):
+	"""One complete measurement: host mode (and the baseline's fs figures),
+	then VM mode; its raw figures, its table and its notes."""
+	host = None if o.no_host else host_mode(agentd, o)
+	base_host = baseline_host_fs(base, o) if base and host is not None else None
+	vm = None
+	if not o.no_vm:
+		if not (vmlib.have_qemu() and vmlib.find_kernel() and vmlib.have_virtiofsd()):
+			log("VM mode skipped: needs qemu-system-x86_64, /boot/vmlinuz-* "
+			    "and /usr/lib/qemu/virtiofsd")
+		else:
+			vm = vm_mode(agentd, peer, o)
+	notes = [host[k] for k in ("fs_note", "fs_read_note", "fs_rtt_note")
+		 if host and k in host]
+	notes += ["%s: %s" % (base_name, base_host[k])
+		  for k in ("fs_note", "fs_read_note", "fs_rtt_note")
+		  if base_host and k in base_host]
+	return {"host": host, "vm": vm, "baseline_host": base_host, "notes": notes,
+		"table": build_table(host, vm, sizes, o, base_host, base_name)}
+
+
 def main():
 	o = parse_args()
 	t_start = time.monotonic()
@@ -997,18 +1292,25 @@ def main():
 	if peer:
 		sizes["peer"] = os.path.getsize(peer)
 
-	host = None if o.no_host else host_mode(agentd, o)
-	vm = None
-	if not o.no_vm:
-		if not (vmlib.have_qemu() and vmlib.find_kernel() and vmlib.have_virtiofsd()):
-			log("VM mode skipped: needs qemu-system-x86_64, /boot/vmlinuz-* "
-			    "and /usr/lib/qemu/virtiofsd")
-		else:
-			vm = vm_mode(agentd, peer, o)
-
-	rows = build_table(host, vm, sizes, o)
+	base, base_name = resolve_baseline(o.baseline) if o.baseline else (None, None)
+	if base:
+		sizes["baseline"] = os.path.getsize(base)
+	runs = []
+	for i in range(o.runs):
+		if o.runs > 1:
+			log("run %d/%d" % (i + 1, o.runs))
+		runs.append(measure_run(agentd, peer, base, base_name, sizes, o))
+		if o.runs > 1:
+			print("run %d of %d:" % (i + 1, o.runs))
+			print_table(runs[-1]["table"])
+			print()
+	rows = median_table([r["table"] for r in runs])
+	if o.runs > 1:
+		print("median of %d runs (ours/peer: median of the per-run ratios, "
+		      "their range in brackets):" % o.runs)
 	print_table(rows)
-	notes = [host[k] for k in ("fs_note", "fs_read_note") if host and k in host]
+	notes = [("run %d: " % (i + 1) if o.runs > 1 else "") + n
+		 for i, r in enumerate(runs) for n in r["notes"]]
 	for n in notes:
 		print("note: " + n)
 	result = {
@@ -1016,10 +1318,12 @@ def main():
 		"git": git_rev(), "machine": machine_info(),
 		"config": {k: getattr(o, k) for k in (
 			"boots", "host_reps", "host_execs", "host_stdout", "host_stdin", "host_fs",
-			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick", "trace_boots")},
+			"sessions", "vm_execs", "vm_stdout", "vm_stdin", "quick", "trace_boots",
+			"runs", "fs_stat_warm", "fs_stat_n", "fs_small_n")},
+		"baseline": {"spec": o.baseline, "name": base_name, "binary": base} if base else None,
 		"peer": {"package": "@superradcompany/microsandbox-linux-x64-gnu",
 			 "version": "0.6.18"} if peer else None,
-		"sizes": sizes, "notes": notes, "host": host, "vm": vm, "table": rows,
+		"sizes": sizes, "notes": notes, "runs": runs, "table": rows,
 		"duration_s": time.monotonic() - t_start,
 	}
 	os.makedirs(o.out, exist_ok=True)
@@ -1029,8 +1333,9 @@ def main():
 	with open(os.path.join(o.out, name + ".json"), "w") as f:
 		json.dump(result, f, indent=1)
 		f.write("\n")
-	svg = svgchart.ratios_svg(rows, "agentd / microsandbox agent (%s, %s)"
-				  % (result["date"][:10], result["machine"]["accel"].upper()))
+	svg = svgchart.ratios_svg(rows, "agentd / microsandbox agent (%s, %s%s)"
+				  % (result["date"][:10], result["machine"]["accel"].upper(),
+				     ", median of %d runs" % o.runs if o.runs > 1 else ""))
 	if svg:
 		with open(os.path.join(o.out, ("quick-" if o.quick else "") + "ratios.svg"),
 			  "w") as f:
