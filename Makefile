@@ -7,7 +7,9 @@
 #   make size       print the agent's size
 #   make mutants    build deliberate bugs (test/mutants.txt) and check that
 #                   the tests named for each one catch it
-#   make bench      benchmarks (PEER=1 also measures microsandbox's agent)
+#   make bench      benchmarks (PEER=1 also measures microsandbox's agent; RUNS=3
+#                   takes the median of three runs; BASELINE=REV adds the host
+#                   fs figures of agentd at REV)
 #   make ARCH=aarch64  static build/aarch64/agentd and agentctl (cross musl)
 #   make dist       release binaries for x86_64 and aarch64 + SHA256SUMS
 
