@@ -104,7 +104,7 @@ int open(const char *path, int flags, ...)
 	va_start(ap, flags);
 	mode = va_arg(ap, unsigned);
 	va_end(ap);
-	return (int)syscall(SYS_openat, AT_FDCWD, path, flags, mode);
+	return openat(AT_FDCWD, path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...)
