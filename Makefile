@@ -50,6 +50,11 @@ AGENT_OPT  = -Oz -fipa-pta -fno-jump-tables -fno-caller-saves -fno-tree-dominato
 # The agent's own small malloc, plain system call wrappers and string spans
 # in place of musl's (not in agentd-san: the sanitizers keep theirs).
 AGENT_ALLOC = alloc.c syscalls.c smallstr.c
+# What must never be linked next to syscalls.c: functions that signal the
+# calling thread by musl's cached tid (stale in a child of its raw fork) or
+# read musl's own DIR layout.  --wrap turns any call to them into an
+# undefined __wrap_NAME, so such a link fails.
+AGENT_GUARD = $(foreach f,raise abort pthread_kill telldir seekdir scandir readdir_r,-Wl,--wrap=$(f))
 AGENT_SRCS = agentd.c protocol.c session.c fsops.c fsworker.c heartbeat.c init.c initcfg.c netlink.c fmt.c userdb.c
 AGENT_HDRS = agent.h protocol.h initcfg.h netlink.h fmt.h userdb.h rawsys.h
 CTL_SRCS   = agentctl.c ctl_transport.c ctl_exec.c ctl_files.c protocol.c
@@ -60,7 +65,7 @@ all: $(if $(filter $(HOST_ARCH),$(ARCH)),agentd agentctl,build/$(ARCH)/agentd bu
 
 agentd: $(AGENT_SRCS) $(AGENT_ALLOC) $(AGENT_HDRS)
 	$(MUSL_CC) $(CFLAGS_AGENT) $(AGENT_DEFS) $(AGENT_LTO) $(AGENT_OPT) -o $@ $(AGENT_SRCS) $(AGENT_ALLOC) \
-		$(LDFLAGS_AGENT)
+		$(LDFLAGS_AGENT) $(AGENT_GUARD)
 
 agentctl: $(CTL_SRCS) ctl.h protocol.h
 	$(MUSL_CC) $(CFLAGS_AGENT) -o $@ $(CTL_SRCS) $(LDFLAGS_AGENT)
@@ -133,7 +138,7 @@ DIST_ARCHS = x86_64 aarch64
 build/%/agentd: $(AGENT_SRCS) $(AGENT_ALLOC) $(AGENT_HDRS)
 	@mkdir -p $(@D)
 	$(CC_$*) $(CFLAGS_AGENT) $(AGENT_DEFS) $(AGENT_LTO) $(AGENT_OPT) -o $@ $(AGENT_SRCS) $(AGENT_ALLOC) \
-		$(LDFLAGS_AGENT)
+		$(LDFLAGS_AGENT) $(AGENT_GUARD)
 
 build/%/agentctl: $(CTL_SRCS) ctl.h protocol.h
 	@mkdir -p $(@D)

@@ -158,7 +158,10 @@ int nanosleep(const struct timespec *req, struct timespec *rem)
 }
 
 /* The agent has no threads, so the child of a fork has no thread list or
- * lock to reset; SIGCHLD as the exit signal is what fork() means. */
+ * lock to reset; SIGCHLD as the exit signal is what fork() means.  The
+ * child keeps the parent's tid in musl's thread descriptor, which raise,
+ * abort and pthread_kill would signal: the Makefile's AGENT_GUARD makes
+ * the link fail if anything calls them. */
 pid_t _Fork(void)
 {
 	return (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
@@ -167,8 +170,8 @@ pid_t _Fork(void)
 /* struct msghdr and struct cmsghdr carry padding where the kernel's have
  * size_t lengths: it must be zero, or the kernel reads a huge length (a
  * caller's stack garbage there once made fd passing fail with EPIPE).
- * The agent's control buffers are its own, so the padding is cleared in
- * place rather than in a copy. */
+ * The agent's control buffers are its own, writable, so the padding is
+ * cleared in place rather than in a copy. */
 ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	struct msghdr h = *msg;
@@ -187,12 +190,16 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 }
 
 /* Directory streams.  Every caller opens with O_DIRECTORY (so there is
- * nothing left for fdopendir to check) and uses a stream from the one
- * thread there is.  The buffer holds a getdents64 batch: struct dirent is
- * the kernel's struct linux_dirent64 on musl. */
+ * nothing left for fdopendir to check) and O_CLOEXEC (nothing to set), and
+ * uses a stream from the one thread there is.  The buffer holds a
+ * getdents64 batch (struct dirent is the kernel's struct linux_dirent64 on
+ * musl); 2016 bytes, so that a stream and its allocator header fill 2 KiB
+ * exactly, and still above the largest entry (1048 bytes, FUSE's names).
+ * musl's telldir, seekdir, scandir and readdir_r would read this struct
+ * as musl's: AGENT_GUARD in the Makefile keeps them out. */
 struct __dirstream {
 	int fd, pos, end;
-	char buf[2048] __attribute__((aligned(8)));
+	char buf[2016] __attribute__((aligned(8)));
 };
 
 DIR *fdopendir(int fd)
