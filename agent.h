@@ -43,6 +43,7 @@ struct epoll_event;
  */
 #define IN_STREAM_MIN    (64u * 1024)
 #define STDIN_STREAM_MAX (256u * 1024)
+#define FS_STREAM_MAX    (256u * 1024)  /* an upload's queue, likewise */
 /* Buffers above their idle size go back to the allocator after this long
  * without events. */
 #define IDLE_TRIM_MS     250
@@ -60,10 +61,13 @@ struct fs_job;     /* fsworker.c */
 struct fs_worker;
 
 /* A consumer of streamed data frames of one type (see IN_STREAM_MIN).
- * room: 0 = not now (the port waits), else take any amount; put gets the
- * data in order, in pieces, never empty. */
+ * takes: whether a frame for this id streams at all (NULL: every id; a
+ * frame that does not is buffered whole and handled as one); room: 0 =
+ * not now (the port waits), else take any amount; put gets the data in
+ * order, in pieces, never empty. */
 struct in_sink {
 	enum msg_type type;
+	bool (*takes)(struct agent *a, uint32_t id);
 	size_t (*room)(struct agent *a, uint32_t id);
 	void (*put)(struct agent *a, uint32_t id, struct slice data);
 };
@@ -174,6 +178,9 @@ bool sessions_stdin_blocked(struct agent *a, uint64_t now_ns);
 /* ---- fsworker.c: filesystem requests, run in child processes ---- */
 void fs_request(struct agent *a, uint32_t id, const struct fs_request *rq);
 void fs_data(struct agent *a, uint32_t id, struct slice data);
+bool fs_data_takes(struct agent *a, uint32_t id);
+size_t fs_data_room(struct agent *a, uint32_t id);
+void fs_data_piece(struct agent *a, uint32_t id, struct slice data);
 /* Output room appeared: continue read streams, fairly. */
 void fs_pump(struct agent *a);
 bool fs_id_live(const struct agent *a, uint32_t id);

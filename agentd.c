@@ -475,9 +475,10 @@ static void handle_frame(struct agent *a, const struct frame *f)
 	dispatch(a, f->id, &m);
 }
 
-/* Consumers of streamed frames; fs data can join once it has one. */
+/* Consumers of streamed frames. */
 static const struct in_sink in_sinks[] = {
-	{ MSG_EXEC_STDIN, session_stdin_room, session_stdin },
+	{ MSG_EXEC_STDIN, NULL, session_stdin_room, session_stdin },
+	{ MSG_FS_DATA, fs_data_takes, fs_data_room, fs_data_piece },
 };
 
 /* The frame at the front streams to its consumer: heads consumed. */
@@ -492,7 +493,8 @@ static bool stream_begin(struct agent *a)
 		return false;
 	for (i = 0; i < sizeof(in_sinks) / sizeof(in_sinks[0]); i++) {
 		name = msg_type_name(in_sinks[i].type);
-		if (strlen(name) == fs.type.n && !memcmp(name, fs.type.p, fs.type.n)) {
+		if (strlen(name) == fs.type.n && !memcmp(name, fs.type.p, fs.type.n) &&
+		    (!in_sinks[i].takes || in_sinks[i].takes(a, fs.id))) {
 			a->in_sink = &in_sinks[i];
 			a->in_sink_id = fs.id;
 			frame_stream_start(&a->in, &fs);

@@ -61,6 +61,7 @@
 #define FS_WQ_MAX        (1u << 20)   /* queued upload bytes per stream */
 #define FS_WQ_TOTAL_MAX  (16u << 20)  /* ... and over all streams */
 #define FS_GIVE_UP_NS    (5ull * 1000000000)
+#define FS_STREAM_WAIT_NS 1000000000ull  /* see fs_data_takes */
 #define FS_WRITE_IDLE_NS (120ull * 1000000000)
 #define FS_DYING_NS      (5000ull * 1000000)  /* time to clean up */
 #define FS_TICK_MS       250
@@ -852,6 +853,38 @@ void fs_data(struct agent *a, uint32_t id, struct slice data)
 	}
 	if (j->started)
 		write_flush(a, j);
+}
+
+/*
+ * A core.fs.data frame of IN_STREAM_MIN or more streams into its upload as
+ * it arrives, when the upload exists as the frame begins (an unknown id
+ * gets its one error for the whole frame).  The port waits while the
+ * upload's queue holds FS_STREAM_MAX, unless the file took nothing for
+ * FS_STREAM_WAIT_NS: then the data queues as an unstreamed frame's would,
+ * under FS_WQ_MAX and fs_writes_blocked's give-up.  The rest of a frame
+ * whose upload ended meanwhile is dropped, as an ended upload's data is.
+ */
+bool fs_data_takes(struct agent *a, uint32_t id)
+{
+	struct fs_job *j = job_find(a, id);
+
+	return j && (j->kind == JOB_WRITE || j->kind == JOB_FAILED);
+}
+
+size_t fs_data_room(struct agent *a, uint32_t id)
+{
+	struct fs_job *j = job_find(a, id);
+
+	if (j && j->kind == JOB_WRITE && j->qlen - j->qhead >= FS_STREAM_MAX &&
+	    now_ns() - j->progress < FS_STREAM_WAIT_NS)
+		return 0;
+	return SIZE_MAX;
+}
+
+void fs_data_piece(struct agent *a, uint32_t id, struct slice data)
+{
+	if (fs_data_takes(a, id))
+		fs_data(a, id, data);
 }
 
 bool fs_writes_blocked(struct agent *a, uint64_t now)

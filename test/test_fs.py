@@ -23,7 +23,7 @@ import cbor2
 import pytest
 
 from agentd_client.lowlevel import AGENTD, Agent, encode_frame
-from testlib import children, output_memory_bound_kib, wait_for
+from testlib import DESIGN, children, output_memory_bound_kib, unread_by_peer, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(HERE, "vectors")
@@ -429,6 +429,83 @@ def test_write_large_chunks(ag, work):
     chunks = [os.urandom(CHUNK_MAX), os.urandom(CHUNK_MAX), os.urandom(12345)]
     assert write_file(ag, str(work / "big"), chunks) == OK
     assert (work / "big").read_bytes() == b"".join(chunks)
+
+
+def fs_data_head(msg_id, n):
+    """The bytes of data_frame(msg_id, chunk) before the chunk, len(chunk) n."""
+    return data_frame(msg_id, b"\0" * n)[:-n] if n else data_frame(msg_id, b"")
+
+
+def send_in_pieces(ag, frame, cuts):
+    """frame cut at the offsets cuts, each piece read by the agent before the
+    next is sent, so each cut is a read boundary."""
+    prev = 0
+    for c in sorted(c for c in set(cuts) if 0 < c < len(frame)) + [len(frame)]:
+        ag.send_raw(frame[prev:c])
+        prev = c
+        if c < len(frame):
+            wait_for(lambda: unread_by_peer(ag.sock) == 0, what="the agent to read the port")
+
+
+def test_write_streamed_frames_split_anywhere_lose_nothing(ag, work):
+    """core.fs.data frames of 64 KiB or more go into the upload as they
+    arrive (the agent holds heads plus one read, not the frame); each
+    reaches the agent in pieces cut in its heads and its data, and the file
+    shows no byte lost, duplicated or reordered.  Frames under the streaming
+    size and an upload of one frame's data in many frames mix in."""
+    rnd = __import__("random").Random(14)
+    sizes = [3 * 1024 * 1024, 65536, 65535, 70000, 1, 200003, 2 * 65536 + 7]
+    i = write_open(ag, str(work / "f"))
+    want = hashlib.sha256()
+    for n, size in enumerate(sizes):
+        data = rnd.randbytes(size)
+        frame = data_frame(i, data)
+        head = len(frame) - size
+        near = range(1, head + 2) if n == 0 else (4, 9, 20, head - 1, head)
+        send_in_pieces(ag, frame, [*near, head + 1, head + 65537, len(frame) - 1])
+        want.update(data)
+    ag.send(i, "core.fs.data", {"data": b""})
+    assert response(ag, i) == OK
+    with open(work / "f", "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == want.hexdigest()
+
+
+def test_write_streamed_frame_for_unknown_upload_answers_once(ag):
+    """A large core.fs.data frame for no upload is not streamed: its one
+    error comes for the whole frame, however many reads it took."""
+    frame = data_frame(987653, b"\xa5" * (1024 * 1024))
+    send_in_pieces(ag, frame, range(100, len(frame), 65536))
+    f = ag.recv(msg_id=987653)
+    assert f.p == {"ok": False, "error": "unknown write session: 987653", "data": None}
+    sync(ag, 987653)
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's quarantine keeps freed memory resident")
+def test_write_upload_memory_bounded(ag, work, figs):
+    """64 MiB in 3 MiB core.fs.data frames to a file: the agent holds the
+    frame reader (heads plus a read) and the upload's queue (its stream
+    bound plus reads), never a whole frame (testlib.DESIGN, agent.h)."""
+    pid = ag.proc.pid
+    assert write_file(ag, str(work / "warm"), [b"x"]) == OK  # the worker exists
+    before = vm_hwm_kib(pid)
+    i = write_open(ag, str(work / "big"))
+    block = memoryview(b"\xa5" * (3 * 1024 * 1024))
+    left = 64 * 1024 * 1024
+    while left:
+        n = min(left, len(block))
+        ag.sock.sendall(fs_data_head(i, n))
+        ag.sock.sendall(block[:n])
+        left -= n
+    ag.send(i, "core.fs.data", {"data": b""})
+    assert response(ag, i, timeout=300) == OK
+    assert os.path.getsize(work / "big") == 64 * 1024 * 1024
+    peak = vm_hwm_kib(pid)
+    chunk = DESIGN["OUT_READ_CHUNK"]  # FRAME_READ_CHUNK, one port read
+    reader = 2 * chunk
+    queue = DESIGN["FS_STREAM_MAX"] + 2 * chunk
+    slack = 64 * 1024  # page rounding, the arena, the frames of the write
+    assert peak - before <= (reader + queue + slack) // 1024, (before, peak)
+    figs("agent VmHWM, 64 MiB fs Write in 3 MiB frames", peak, "kB", "host mode")
 
 
 def test_write_through_symlink_and_special_files_in_place(ag, work):

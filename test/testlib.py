@@ -48,6 +48,7 @@ DESIGN = {
     "OUT_SOFT_LIMIT": 256 * 1024,    # bulk producers stop here
     "OUT_HARD_LIMIT": 8 * 1024 * 1024,  # the port is not read from here
     "OUT_READ_CHUNK": 64 * 1024,     # one read from a child or a file
+    "FS_STREAM_MAX": 256 * 1024,     # an upload's queue while a frame streams
 }
 
 _constants = {}
