@@ -184,23 +184,69 @@ def upload_memory(a, status, nbytes=64 * MiB, chunk=3 * MiB):
 	return {"upload_hwm_kb": hwm, "idle_rss_kb": status()["VmRSS"]}
 
 
-def fs_write(a, path, nbytes):
-	"""Bytes/s of a seed-protocol Write stream (SPEC 6.4)."""
-	block = b"\xa5" * FS_CHUNK
-	t = time.perf_counter()
+def fs_upload_memory(a, status, nbytes=64 * MiB, chunk=3 * MiB):
+	"""The agent's peak memory after nbytes of a file Write in chunk-sized
+	core.fs.data frames into /dev/null (written in place, so no guest
+	memory fills up)."""
+	fs_write(a, "/dev/null", nbytes, chunk)
+	return {"fs_upload_hwm_kb": status()["VmHWM"]}
+
+
+# Generation 7 opens a handle first (SPEC 12.5); the options a plain
+# write-from-scratch and a plain read need.
+G7_OPEN = {
+	"write": {"read": False, "write": True, "append": False, "create": True,
+		  "truncate": True, "create_new": False, "mode": None},
+	"read": {"read": True, "write": False, "append": False, "create": False,
+		 "truncate": False, "create_new": False, "mode": None},
+}
+
+
+def is_g7(a):
+	return isinstance(a, g7host.G7Agent)
+
+
+def fs_call(a, op, **fields):
+	"""One fs request answered by one response; its data."""
 	mid = a.new_id()
-	a.send(mid, "core.fs.request", {"op": {"Write": {"path": path, "mode": None}}})
+	a.send(mid, "core.fs.request", {"op": {op: fields}})
+	f = a.recv(timeout=60, msg_id=mid)
+	if f.t != "core.fs.response" or not f.p.get("ok"):
+		raise RuntimeError("fs %s: %r" % (op, f))
+	return f.p.get("data")
+
+
+def fs_stream_op(a, path, how):
+	"""(request op, handle or None) of a Write or Read of path: the seed's
+	path-based one (SPEC 6.3, 6.4) or generation 7's on an opened handle."""
+	if not is_g7(a):
+		return ({"Write": {"path": path, "mode": None}} if how == "write"
+			else {"Read": {"path": path}}), None
+	h = fs_call(a, "OpenFile", path=path, options=G7_OPEN[how])["Handle"]
+	name = "Write" if how == "write" else "Read"
+	return {name: {"handle": h, "offset": 0, "len": None}}, h
+
+
+def fs_write(a, path, nbytes, chunk=FS_CHUNK):
+	"""Bytes/s of a Write stream of nbytes in chunk-sized core.fs.data
+	frames, from the request (or the open) to the response (or the close)."""
+	block = b"\xa5" * chunk
+	t = time.perf_counter()
+	op, handle = fs_stream_op(a, path, "write")
+	mid = a.new_id()
+	a.send(mid, "core.fs.request", {"op": op})
 	left = nbytes
 	while left > 0:
-		n = min(left, FS_CHUNK)
-		send_data(a, mid, "core.fs.data", block if n == FS_CHUNK else block[:n])
+		n = min(left, chunk)
+		send_data(a, mid, "core.fs.data", block if n == chunk else block[:n])
 		left -= n
 	a.send(mid, "core.fs.data", {"data": b""})
 	f = a.recv(timeout=600, msg_id=mid)
-	dt = time.perf_counter() - t
 	if f.t != "core.fs.response" or not f.p.get("ok"):
 		raise RuntimeError("fs write: %r" % f)
-	return nbytes / dt
+	if handle is not None:
+		fs_call(a, "CloseHandle", handle=handle)
+	return nbytes / (time.perf_counter() - t)
 
 
 def fs_read(a, path, nbytes, budget_s=60):
@@ -209,8 +255,9 @@ def fs_read(a, path, nbytes, budget_s=60):
 	it got (flagged "partial"), so one stalling agent cannot eat the
 	whole benchmark."""
 	t = time.perf_counter()
+	op, handle = fs_stream_op(a, path, "read")
 	mid = a.new_id()
-	a.send(mid, "core.fs.request", {"op": {"Read": {"path": path}}})
+	a.send(mid, "core.fs.request", {"op": op})
 	got = 0
 	while True:
 		left = budget_s - (time.perf_counter() - t)
@@ -223,10 +270,11 @@ def fs_read(a, path, nbytes, budget_s=60):
 		if f.t != "core.fs.data":
 			break
 		got += len(f.p["data"])
-	dt = time.perf_counter() - t
 	if f.t != "core.fs.response" or not f.p.get("ok") or got != nbytes:
 		raise RuntimeError("fs read: %d of %d bytes, %r" % (got, nbytes, f))
-	return nbytes / dt
+	if handle is not None:
+		fs_call(a, "CloseHandle", handle=handle)
+	return nbytes / (time.perf_counter() - t)
 
 
 class PartialRead(Exception):
@@ -440,6 +488,9 @@ def host_mode(agentd, o):
 			   o.host_reps, lambda a: stdin_throughput(a, o.host_stdin))
 		res["stdout_bytes"], res["stdin_bytes"] = o.host_stdout, o.host_stdin
 		up, _, _ = run("64 MiB upload in 3 MiB stdin frames", lambda a: upload_memory(
+			a, lambda: host_status(a.proc.pid)))
+		res.update(up)
+		up, _, _ = run("64 MiB fs Write in 3 MiB frames", lambda a: fs_upload_memory(
 			a, lambda: host_status(a.proc.pid)))
 		res.update(up)
 		host_fs(agentd, o, scratch, res)
@@ -707,6 +758,15 @@ def vm_agent_run(kind, images, o):
 		r["stdout_Bps"] = stdout_throughput(a, o.vm_stdout)
 		r["stdin_Bps"] = stdin_throughput(a, o.vm_stdin)
 		try:
+			for size in o.vm_fs:
+				path = "/fsbench-%d" % size
+				r["fs_write_%d_Bps" % size] = fs_write(a, path, size)
+				r["fs_read_%d_Bps" % size] = fs_read(a, path, size)
+				fs_call(a, "Remove", path=path)
+			r.update(fs_upload_memory(a, lambda: guest_status(a)))
+		except (RuntimeError, TimeoutError, EOFError) as e:
+			log("%s: fs transfers skipped: %s" % (kind, e))
+		try:
 			up = upload_memory(a, lambda: guest_status(a))
 			r["upload_hwm_kb"], r["idle_rss_kb"] = up["upload_hwm_kb"], up["idle_rss_kb"]
 		except (RuntimeError, TimeoutError, EOFError) as e:
@@ -882,6 +942,8 @@ VM_ROWS = [
 	 RATIO("<=", 0.5), None),
 	("stdout_Bps", "VM stdout throughput", "MB/s", 1e-6, "high", OF_PIPE(">=", 0.8), "g2h"),
 	("stdin_Bps", "VM stdin throughput", "MB/s", 1e-6, "high", OF_PIPE(">=", 0.8), "h2g"),
+	("fs_upload_hwm_kb", "VM agent VmHWM after 64 MiB fs Write in 3 MiB frames", "kB", 1,
+	 "low", UPLOAD_HWM_TARGET, None),
 	("upload_hwm_kb", "VM agent VmHWM after 64 MiB stdin in 3 MiB frames", "kB", 1,
 	 "low", UPLOAD_HWM_TARGET, None),
 	("idle_rss_kb", "VM agent VmRSS 1 s after transfers end", "kB", 1, "low",
@@ -963,6 +1025,11 @@ def build_table(host, vm, sizes, o=None, base=None, base_name=None):
 			row(label, unit, med(ours, key), med(peer, key), better, target,
 			    med(raw, rawkey + "_Bps") if rawkey else None, scale,
 			    med(raw, rawkey + "_pipe_Bps") if rawkey else None)
+		for size in vm_fs_sizes(ours):
+			for how in ("write", "read"):
+				key = "fs_%s_%d_Bps" % (how, size)
+				row("VM fs %s %d MiB" % (how, size // MiB), "MB/s", med(ours, key),
+				    med(peer, key), "high", None, None, 1e-6)
 		if peer:
 			row("VM start to ready, module loading included", "ms",
 			    med(ours, "start_to_ready_s"),
@@ -992,6 +1059,9 @@ def build_table(host, vm, sizes, o=None, base=None, base_name=None):
 		row("host stdin %d MiB" % (host["stdin_bytes"] // MiB), "MB/s",
 		    host["stdin_Bps"], scale=1e-6)
 		fs_rows(row, host, base, base_name)
+		if "fs_upload_hwm_kb" in host:
+			row("host agent VmHWM, 64 MiB fs Write in 3 MiB frames", "kB",
+			    host["fs_upload_hwm_kb"], better="low", target=UPLOAD_HWM_TARGET)
 		if "upload_hwm_kb" in host:
 			row("host agent VmHWM, 64 MiB stdin in 3 MiB frames", "kB",
 			    host["upload_hwm_kb"], better="low", target=UPLOAD_HWM_TARGET)
@@ -1005,6 +1075,13 @@ def build_table(host, vm, sizes, o=None, base=None, base_name=None):
 			if key + "_hwm_kb" in host:
 				row("host agent VmHWM, %s" % name, "kB", host[key + "_hwm_kb"])
 	return rows
+
+
+def vm_fs_sizes(runs):
+	"""The sizes of the VM fs transfers measured in runs, ascending."""
+	keys = {k for r in runs for k in r}
+	return sorted(int(k.split("_")[2]) for k in keys
+		      if re.fullmatch(r"fs_write_\d+_Bps", k))
 
 
 def fs_rows(row, host, base=None, base_name=None):
@@ -1235,9 +1312,11 @@ def parse_args():
 	o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 1000, GiB, 256 * MiB, GiB
 	o.host_reps = 3
 	o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 200, 100, 64 * MiB, 16 * MiB
+	o.vm_fs = (5 * MiB, 64 * MiB)
 	if o.quick:
 		o.host_execs, o.host_stdout, o.host_stdin, o.host_fs = 50, 16 * MiB, 16 * MiB, 16 * MiB
 		o.sessions, o.vm_execs, o.vm_stdout, o.vm_stdin = 20, 10, 4 * MiB, 1 * MiB
+		o.vm_fs = (1 * MiB, 4 * MiB)
 		o.boots, o.helper_boots, o.host_reps = 1, 1, 1
 		o.fs_stat_warm, o.fs_stat_n, o.fs_small_n = 20, 200, 50
 	return o

@@ -253,3 +253,24 @@ def test_resolve_baseline_accepts_a_binary_path(tmp_path):
 	b = tmp_path / "agentd-old"
 	b.write_bytes(b"\x7fELF")
 	assert bench.resolve_baseline(str(b)) == (str(b), "agentd-old")
+
+
+def test_vm_fs_rows_per_size_ours_beside_the_peer():
+	"""Issue 13: fs write and read in the VM, 5 MiB and 64 MiB, side by side
+	with the peer; the fs upload's peak has the 1 MiB target."""
+	vm = fake_vm(0.005, 0.01, 80e6)
+	for side, rate in (("ours", 40e6), ("peer", 20e6)):
+		for size in (64 << 20, 5 << 20):
+			vm[side][0]["fs_write_%d_Bps" % size] = rate
+			vm[side][0]["fs_read_%d_Bps" % size] = 2 * rate
+	vm["ours"][0]["fs_upload_hwm_kb"] = 900
+	vm["peer"][0]["fs_upload_hwm_kb"] = 18000
+	rows = bench.build_table(None, vm, {"ours": 79000, "peer": 2000000})
+	got = rows_by_metric(rows)
+	fs = [r["metric"] for r in rows if r["metric"].startswith("VM fs ")]
+	assert fs == ["VM fs write 5 MiB", "VM fs read 5 MiB",
+		      "VM fs write 64 MiB", "VM fs read 64 MiB"]
+	assert got["VM fs read 64 MiB"]["ours"] == pytest.approx(80.0)
+	assert got["VM fs read 64 MiB"]["ratio"] == pytest.approx(2.0)
+	up = got["VM agent VmHWM after 64 MiB fs Write in 3 MiB frames"]
+	assert up["meets_target"] is True and up["ratio"] == pytest.approx(0.05)
