@@ -437,7 +437,9 @@ def host_fs(agentd, o, scratch, res, tag=""):
 	def run(name, fn):
 		return fresh(agentd, scratch, name + tag, fn)
 	small = os.path.join(scratch, "fssmall.bin")
-	try:
+	path = os.path.join(scratch, "fsbench.bin")
+
+	def round_trips():
 		def rtts(a):
 			return (fs_stat_rtt(a, o.fs_stat_warm, o.fs_stat_n),
 				fs_small_write_rtt(a, small, o.fs_small_n),
@@ -448,26 +450,30 @@ def host_fs(agentd, o, scratch, res, tag=""):
 		res["fs_small_write_rtt_median_s"] = statistics.median(wr)
 		res["fs_small_read_rtt_median_s"] = statistics.median(rd)
 		res["fs_rtt_n"] = {"stat": len(stat), "small": len(wr)}
-	except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
-		res["fs_rtt_note"] = "fs round trips skipped: %s" % e
-		log(res["fs_rtt_note"])
-	finally:
-		if os.path.exists(small):
-			os.unlink(small)
-	path = os.path.join(scratch, "fsbench.bin")
-	try:
+
+	def transfers():
 		throughput(res, run, "fs_write", "fs write %d MiB" % (o.host_fs // MiB),
 			   o.host_reps, lambda a: fs_write(a, path, o.host_fs))
 		throughput(res, run, "fs_read", "fs read %d MiB" % (o.host_fs // MiB),
 			   o.host_reps, lambda a: fs_read_or_partial(a, path, o.host_fs, res))
 		res["fs_bytes"] = o.host_fs
-	except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
-		res["fs_note"] = "fs skipped: %s" % e
-		log(res["fs_note"])
-	finally:
-		if os.path.exists(path):
-			os.unlink(path)
+
+	attempt(res, "fs_rtt_note", "fs round trips", round_trips, small)
+	attempt(res, "fs_note", "fs", transfers, path)
 	return res
+
+
+def attempt(res, note, what, fn, scratch_file):
+	"""fn(); a failure is noted in res[note] and logged instead of ending
+	the run, and scratch_file goes in any case."""
+	try:
+		fn()
+	except (RuntimeError, AssertionError, EOFError, TimeoutError) as e:
+		res[note] = "%s skipped: %s" % (what, e)
+		log(res[note])
+	finally:
+		if os.path.exists(scratch_file):
+			os.unlink(scratch_file)
 
 
 def host_mode(agentd, o):
