@@ -842,6 +842,8 @@ void fs_data(struct agent *a, uint32_t id, struct slice data)
 	j->last_chunk = now_ns();
 	if (data.n == 0)
 		j->eof = true;
+	else if (j->eof)
+		return;  /* after the end (SPEC 6.4): not part of the file */
 	else if (j->started && j->pipe.fd < 0)
 		return;  /* the child failed; its response is on the way */
 	else if (j->started && j->qlen == j->qhead)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import statistics
@@ -484,11 +485,15 @@ def test_write_streamed_frame_for_unknown_upload_answers_once(ag):
 def test_write_upload_memory_bounded(ag, work, figs):
     """64 MiB in 3 MiB core.fs.data frames to a file: the agent holds the
     frame reader (heads plus a read) and the upload's queue (its stream
-    bound plus reads), never a whole frame (testlib.DESIGN, agent.h)."""
+    bound plus reads), never a whole frame (testlib.DESIGN, agent.h).  The
+    file is in memory (/dev/shm when there is one): a disk that took
+    nothing for a second would let the queue grow to its fallback bound."""
     pid = ag.proc.pid
     assert write_file(ag, str(work / "warm"), [b"x"]) == OK  # the worker exists
     before = vm_hwm_kib(pid)
-    i = write_open(ag, str(work / "big"))
+    shm = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else work)
+    big = os.path.join(shm, "big")
+    i = write_open(ag, big)
     block = memoryview(b"\xa5" * (3 * 1024 * 1024))
     left = 64 * 1024 * 1024
     while left:
@@ -498,7 +503,8 @@ def test_write_upload_memory_bounded(ag, work, figs):
         left -= n
     ag.send(i, "core.fs.data", {"data": b""})
     assert response(ag, i, timeout=300) == OK
-    assert os.path.getsize(work / "big") == 64 * 1024 * 1024
+    assert os.path.getsize(big) == 64 * 1024 * 1024
+    shutil.rmtree(shm)
     peak = vm_hwm_kib(pid)
     chunk = DESIGN["OUT_READ_CHUNK"]  # FRAME_READ_CHUNK, one port read
     reader = 2 * chunk
@@ -545,6 +551,28 @@ def test_write_failures_answer_once(ag, work):
         ag.send(i, "core.fs.data", {"data": b""})
         sync(ag, i)
     assert sorted(os.listdir(work)) == ["fifo", "file"]
+
+
+def test_write_data_after_the_end_is_dropped(ag, work):
+    """The empty chunk ends an upload (SPEC 6.4): chunks after it, here
+    queued while the upload waits in the lane behind a stuck request, never
+    reach the file, and the upload answers once."""
+    assert fs(ag, "Stat", path="/")["ok"]  # a pooled worker exists
+    workers = [pid for pid, _ in children(ag.proc.pid)]
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        s = request(ag, "Stat", path="/")  # stuck: the upload waits behind it
+        i = write_open(ag, str(work / "f"))
+        ag.send_raw(data_frame(i, b"A" * 200000) + data_frame(i, b"") +
+                    data_frame(i, b"Z" * 30000) + data_frame(i, b"Y" * 100000))
+        assert response(ag, i) == OK
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert response(ag, s)["ok"]
+    assert (work / "f").read_bytes() == b"A" * 200000
+    sync(ag, i)
 
 
 def test_write_unknown_session(ag):
