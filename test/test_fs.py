@@ -545,12 +545,26 @@ def test_write_failures_answer_once(ag, work):
     for path, want in cases:
         i = write_open(ag, path)
         assert response(ag, i) == want, path
-        # the host did not wait: its chunks and end are dropped silently
+        # the host did not wait: its chunks and end are dropped silently,
+        # a frame large enough to stream too
         ag.send(i, "core.fs.data", {"data": b"ignored"})
+        ag.send_raw(data_frame(i, b"i" * (1 << 20)))
         ag.send(i, "core.fs.data", {"data": b"ignored"})
         ag.send(i, "core.fs.data", {"data": b""})
         sync(ag, i)
     assert sorted(os.listdir(work)) == ["fifo", "file"]
+
+
+def test_write_failing_mid_frame_answers_once(ag):
+    """A file that fails while a large frame streams into it (/dev/full):
+    one error, and the rest of that frame, the frames after it and the end
+    are dropped silently."""
+    i = write_open(ag, "/dev/full")
+    ag.send_raw(data_frame(i, b"x" * (3 << 20)) + data_frame(i, b"y" * (1 << 20)))
+    assert response(ag, i) == err("write", errno.ENOSPC)
+    ag.send_raw(data_frame(i, b"z" * (1 << 20)))
+    ag.send(i, "core.fs.data", {"data": b""})
+    sync(ag, i)
 
 
 def test_write_data_after_the_end_is_dropped(ag, work):
