@@ -15,7 +15,6 @@ time.
 import asyncio
 import collections
 import os
-import subprocess
 import tempfile
 
 from . import protocol, transport
@@ -83,12 +82,8 @@ class AsyncClient:
             self.fd = None
             self._fail(ConnectionClosed("the connection is closed"))
         if self.proc is not None:
-            try:
-                return await self.loop.run_in_executor(None, self.proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await self.loop.run_in_executor(None, self.proc.wait)
-                raise
+            return await self.loop.run_in_executor(None, transport.wait_agentd,
+                                                   self.proc, timeout)
         return None
 
     async def __aenter__(self):

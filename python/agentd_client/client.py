@@ -7,7 +7,6 @@
 import collections
 import os
 import select
-import subprocess
 import tempfile
 import time
 
@@ -83,12 +82,7 @@ class Client:
                 os.close(self.fd)
             self.fd = None
         if self.proc is not None:
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
+            return transport.wait_agentd(self.proc, timeout)
         return None
 
     def __enter__(self):

@@ -12,9 +12,7 @@ purpose.  Programs should use Client or AsyncClient instead.
     a.fs("Stat", path="/")            # the response payload
     a.send(7, "core.exec.signal", {"signal": 9}); a.recv(msg_id=7)
 """
-import os
 import select
-import subprocess
 import time
 
 from . import transport
@@ -69,12 +67,7 @@ class Agent:
         except OSError:
             pass
         if self.proc is not None:
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
+            return transport.wait_agentd(self.proc, timeout)
 
     def __enter__(self):
         return self

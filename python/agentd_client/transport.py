@@ -80,6 +80,17 @@ def spawn_agentd(agentd=None, args=(), runtime_dir=None, heartbeat_interval=None
     return host, proc
 
 
+def wait_agentd(proc, timeout):
+    """proc's exit status; past timeout it is killed, reaped, and the
+    TimeoutExpired raised."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def read_some(fd, sock, n=1 << 20):
     """Bytes available now: b"" at EOF, None when nothing is available."""
     try:
