@@ -22,6 +22,8 @@ import ctypes
 import cbor2
 import pytest
 
+from testlib import vm_hwm_kib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 AGENTD = os.environ.get("AGENTD", os.path.join(ROOT, "agentd"))
@@ -1284,13 +1286,6 @@ def test_download_replaces_the_file_atomically(tmp_path):
     finally:
         os.close(reader)
 
-
-def vm_hwm_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 def unread(sock):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import SANITIZED
-from testlib import output_memory_bound_kib
+from testlib import output_memory_bound_kib, read_status
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for user switching")
 MiB = 1 << 20
@@ -372,13 +372,6 @@ def test_many_small_writes_then_exit(agent):
     res = agent.run("sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo $i; i=$((i+1)); done")
     assert res.stdout == b"".join(b"%d\n" % i for i in range(2000))
 
-
-def read_status(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def test_slow_host_bounded_memory_no_loss(agent, tmp_path, figures):

@@ -24,7 +24,8 @@ import cbor2
 import pytest
 
 from agentd_client.lowlevel import AGENTD, Agent, encode_frame
-from testlib import DESIGN, children, output_memory_bound_kib, unread_by_peer, wait_for
+from testlib import (DESIGN, children, output_memory_bound_kib, unread_by_peer,
+                     vm_hwm_kib, wait_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(HERE, "vectors")
@@ -183,13 +184,6 @@ def wchan(pid):
     except OSError:
         return ""
 
-
-def vm_hwm_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 # ---------------------------------------------------------------------------

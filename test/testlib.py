@@ -82,12 +82,17 @@ def output_memory_bound_kib(slack_kib=256):
     return (2 * queue + DESIGN["OUT_READ_CHUNK"]) // 1024 + slack_kib
 
 
-def vm_hwm_kib(pid):
+def read_status(pid, key):
+    """A kB figure (VmHWM, VmRSS, VmSize, ...) of /proc/PID/status."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-    raise AssertionError("no VmHWM for pid %d" % pid)
+    raise AssertionError("no %s for pid %d" % (key, pid))
+
+
+def vm_hwm_kib(pid):
+    return read_status(pid, "VmHWM")
 
 
 def _stat(pid):
