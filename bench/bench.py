@@ -98,6 +98,17 @@ def send_data(a, msg_id, t, data):
 			bufs[0] = memoryview(bufs[0])[n:]
 
 
+def send_stream(a, msg_id, t, nbytes, chunk, fill=b"\0"):
+	"""nbytes of fill in chunk-sized data frames of type t (the last one
+	shorter), without the empty end frame."""
+	block = memoryview(fill * chunk)
+	left = nbytes
+	while left > 0:
+		n = min(left, chunk)
+		send_data(a, msg_id, t, block[:n])
+		left -= n
+
+
 def exec_rtt(a, n):
 	"""Seconds per round trip of `true` (request -> started -> exited)."""
 	out = []
@@ -145,14 +156,9 @@ def stdin_throughput(a, nbytes):
 	"""Bytes/s of nbytes fed in STDIN_CHUNK frames to `dd of=/dev/null
 	bs=64k iflag=fullblock`, until it exits; dd's record count checks
 	that every byte arrived."""
-	block = b"\0" * STDIN_CHUNK
 	t = time.perf_counter()
 	mid = a.exec_start("dd", ["of=/dev/null", "bs=%d" % DD_BS, "iflag=fullblock"])
-	left = nbytes
-	while left > 0:
-		n = min(left, STDIN_CHUNK)
-		send_data(a, mid, "core.exec.stdin", block if n == STDIN_CHUNK else block[:n])
-		left -= n
+	send_stream(a, mid, "core.exec.stdin", nbytes, STDIN_CHUNK)
 	a.stdin(mid, b"")
 	r = a.collect(mid, timeout=600)
 	dt = time.perf_counter() - t
@@ -168,13 +174,8 @@ def upload_memory(a, status, nbytes=64 * MiB, chunk=3 * MiB):
 	read) to `cat > /dev/null`; status() gives the agent's VmHWM right
 	after it (the peak of the upload) and its VmRSS one second later (what
 	it gave back once idle)."""
-	block = b"\0" * chunk
 	mid = a.exec_start("sh", ["-c", "cat > /dev/null"])
-	left = nbytes
-	while left > 0:
-		n = min(left, chunk)
-		send_data(a, mid, "core.exec.stdin", block if n == chunk else block[:n])
-		left -= n
+	send_stream(a, mid, "core.exec.stdin", nbytes, chunk)
 	a.stdin(mid, b"")
 	r = a.collect(mid, timeout=600)
 	if r.code != 0:
@@ -230,16 +231,11 @@ def fs_stream_op(a, path, how):
 def fs_write(a, path, nbytes, chunk=FS_CHUNK):
 	"""Bytes/s of a Write stream of nbytes in chunk-sized core.fs.data
 	frames, from the request (or the open) to the response (or the close)."""
-	block = b"\xa5" * chunk
 	t = time.perf_counter()
 	op, handle = fs_stream_op(a, path, "write")
 	mid = a.new_id()
 	a.send(mid, "core.fs.request", {"op": op})
-	left = nbytes
-	while left > 0:
-		n = min(left, chunk)
-		send_data(a, mid, "core.fs.data", block if n == chunk else block[:n])
-		left -= n
+	send_stream(a, mid, "core.fs.data", nbytes, chunk, b"\xa5")
 	a.send(mid, "core.fs.data", {"data": b""})
 	f = a.recv(timeout=600, msg_id=mid)
 	if f.t != "core.fs.response" or not f.p.get("ok"):

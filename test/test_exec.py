@@ -938,20 +938,14 @@ def test_stdin_streamed_frames_split_anywhere_lose_nothing(agent):
 
 
 def send_stdin_frames(agent, i, total, chunk):
-    """total bytes in chunk-sized stdin frames, the data handed to sendmsg
-    without copying it into a frame first."""
-    block = b"\xa5" * chunk
+    """total bytes in chunk-sized stdin frames, the data sent from one
+    block without copying it into a frame first."""
+    block = memoryview(b"\xa5" * chunk)
     left = total
     while left:
         n = min(left, chunk)
-        bufs = [stdin_frame_head(i, n), memoryview(block)[:n]]
-        while bufs:
-            sent = agent.sock.sendmsg(bufs)
-            while bufs and sent >= len(bufs[0]):
-                sent -= len(bufs[0])
-                bufs.pop(0)
-            if bufs and sent:
-                bufs[0] = memoryview(bufs[0])[sent:]
+        agent.sock.sendall(stdin_frame_head(i, n))
+        agent.sock.sendall(block[:n])
         left -= n
 
 
