@@ -340,24 +340,31 @@ def test_stdout_closed_becomes_sigpipe():
 # ---------------------------------------------------------------------------
 # exec: signals from the user
 
+def exec_until_up(host, script):
+    """agentctl exec of `sh -c script`, once the script has printed "up"."""
+    p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", script),
+                         pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"up\n"
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    return p
+
+
 def test_sigint_and_sigterm_are_forwarded():
     host, agent = spawn_agent()
     try:
-        p = subprocess.Popen(
-            ctl_args(host, "exec", "--", "sh", "-c",
-                     'trap "echo got-int; exit 7" INT; echo up; '
-                     'while :; do sleep 0.05; done'),
-            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdout.readline() == b"up\n"
+        p = exec_until_up(host, 'trap "echo got-int; exit 7" INT; echo up; '
+                                'while :; do sleep 0.05; done')
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 7, err
         assert out == b"got-int\n"
 
-        p = subprocess.Popen(ctl_args(host, "exec", "--", "sh", "-c", "echo up; sleep 300"),
-                             pass_fds=(host.fileno(),), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-        assert p.stdout.readline() == b"up\n"
+        p = exec_until_up(host, "echo up; sleep 300")
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=30)
         assert p.returncode == 128 + signal.SIGTERM
@@ -1328,24 +1335,17 @@ def test_memory_bounded_against_endless_frames():
 
 def test_sighup_is_forwarded_and_third_sigint_kills():
     host, agent = spawn_agent()
+    p = None
     try:
-        p = subprocess.Popen(
-            ctl_args(host, "exec", "--", "sh", "-c",
-                     'trap "echo got-hup; exit 9" HUP; echo up; '
-                     'while :; do sleep 0.05; done'),
-            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdout.readline() == b"up\n"
+        p = exec_until_up(host, 'trap "echo got-hup; exit 9" HUP; echo up; '
+                                'while :; do sleep 0.05; done')
         p.send_signal(signal.SIGHUP)
         out, err = p.communicate(timeout=30)
         assert p.returncode == 9, err
         assert out == b"got-hup\n"
 
         # A command that shrugs off SIGINT: the third one is SIGKILL.
-        p = subprocess.Popen(
-            ctl_args(host, "exec", "--", "sh", "-c",
-                     'trap "echo int" INT; echo up; while :; do sleep 0.05; done'),
-            pass_fds=(host.fileno(),), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdout.readline() == b"up\n"
+        p = exec_until_up(host, 'trap "echo int" INT; echo up; while :; do sleep 0.05; done')
         for _ in range(2):
             p.send_signal(signal.SIGINT)
             assert p.stdout.readline() == b"int\n"
@@ -1353,10 +1353,9 @@ def test_sighup_is_forwarded_and_third_sigint_kills():
         out, err = p.communicate(timeout=30)
         assert p.returncode == 128 + signal.SIGKILL, err
     finally:
-        for q in (p,):
-            if q.poll() is None:
-                q.kill()
-                q.wait()
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
         host.close()
         stop(agent)
 
