@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import guestarch  # noqa: E402
-from vmlib import VM, build_initrd, find_kernel, have_qemu, have_virtiofsd  # noqa: E402
+from vmlib import (VM, build_initrd, check_exec_pipe_and_pty, find_kernel,  # noqa: E402
+                   fs_read_digest, fs_write_blob, have_qemu, have_virtiofsd, sh)
 
 CASES = {
     "aarch64-virtio-serial-device": ("aarch64", False),
@@ -39,7 +40,6 @@ CASES = {
     "x86_64-q35-virtio-serial-pci": ("x86_64", True),
 }
 BLOB = 4 << 20
-CHUNK = 1 << 20
 _images = {}
 
 
@@ -101,12 +101,6 @@ def vm(request, tmp_path_factory):
         shutil.rmtree(v.workdir, ignore_errors=True)
 
 
-def sh(a, script):
-    r = a.run("/bin/sh", "-c", script, timeout=120)
-    assert r.code == 0, (script, r)
-    return r.stdout.decode()
-
-
 def test_ready_on_the_expected_transport(vm, figures):
     arch, pci = CASES[vm.case]
     figures.record("vm %s: QEMU start to ready (%s)" % (vm.case, vm.accel.upper()),
@@ -127,14 +121,7 @@ def test_ready_on_the_expected_transport(vm, figures):
 
 
 def test_exec_pipe_and_pty(vm):
-    a = vm.agent
-    r = a.run("/bin/sh", "-c", "cat; echo err >&2; exit 3", stdin=b"hello\n", timeout=120)
-    assert (r.code, r.stdout, r.stderr) == (3, b"hello\n", b"err\n")
-    mid = a.exec_start("/bin/sh", tty=True, rows=33, cols=101)
-    a.stdin(mid, b"stty size; tty; exit 7\r")
-    r = a.collect(mid, timeout=120)
-    assert r.code == 7, r
-    assert b"33 101" in r.stdout and b"/dev/pts/" in r.stdout, r
+    check_exec_pipe_and_pty(vm.agent)
 
 
 def test_file_round_trip_by_checksum(vm, figures):
@@ -142,26 +129,10 @@ def test_file_round_trip_by_checksum(vm, figures):
     blob = os.urandom(BLOB)
     digest = hashlib.sha256(blob).hexdigest()
     t0 = time.monotonic()
-    mid = a.new_id()
-    a.send(mid, "core.fs.request", {"op": {"Write": {"path": "/root/blob", "mode": 0o600}}})
-    for off in range(0, len(blob), CHUNK):
-        a.send(mid, "core.fs.data", {"data": blob[off:off + CHUNK]})
-    a.send(mid, "core.fs.data", {"data": b""})
-    f = a.recv(timeout=120, msg_id=mid)
-    assert f.t == "core.fs.response" and f.p["ok"], f
+    fs_write_blob(a, "/root/blob", blob, 0o600)
     assert sh(a, "sha256sum /root/blob; stat -c %a /root/blob").split() == \
         [digest, "/root/blob", "600"]
-    mid = a.new_id()
-    a.send(mid, "core.fs.request", {"op": {"Read": {"path": "/root/blob"}}})
-    h, n = hashlib.sha256(), 0
-    while True:
-        f = a.recv(timeout=120, msg_id=mid)
-        if f.t != "core.fs.data":
-            break
-        h.update(f.p["data"])
-        n += len(f.p["data"])
-    assert f.t == "core.fs.response" and f.p["ok"], f
-    assert (n, h.hexdigest()) == (len(blob), digest)
+    assert fs_read_digest(a, "/root/blob") == (len(blob), digest)
     figures.record("vm %s: 4 MiB fs Write+Read" % vm.case, time.monotonic() - t0, "s")
 
 

@@ -28,12 +28,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from testlib import wait_for  # noqa: E402
-from vmlib import VM, build_initrd, find_kernel, have_qemu, have_virtiofsd  # noqa: E402
+from vmlib import (VM, build_initrd, check_exec_pipe_and_pty, find_kernel,  # noqa: E402
+                   fs_read_digest, fs_write_blob, have_qemu, have_virtiofsd, sh)
 
 if not (have_qemu() and find_kernel()):
     pytest.skip("no qemu-system-x86_64 or kernel image", allow_module_level=True)
 
-CHUNK = 1 << 20
 # Hang guards only (TCG on a loaded host is slow): how long to wait for
 # QEMU to exit by itself after core.shutdown, and for one frame.
 EXIT_GUARD_S = 60
@@ -45,12 +45,6 @@ PEM = ("-----BEGIN CERTIFICATE-----\nMIIBdGVzdC1jYS1mb3ItYWdlbnRk\n"
 @pytest.fixture(scope="session")
 def initrd(tmp_path_factory):
     return build_initrd(str(tmp_path_factory.mktemp("initrd") / "initrd.cpio.gz"))
-
-
-def sh(a, script, **kw):
-    r = a.run("/bin/sh", "-c", script, **kw)
-    assert r.code == 0, (script, r)
-    return r.stdout.decode()
 
 
 # ---------------------------------------------------------------- main boot
@@ -236,14 +230,7 @@ def test_heartbeat_rewritten(main_vm):
 
 
 def test_exec_pipe_and_pty(main_vm):
-    a = main_vm.agent
-    r = a.run("/bin/sh", "-c", "cat; echo err >&2; exit 3", stdin=b"hello\n")
-    assert (r.code, r.stdout, r.stderr) == (3, b"hello\n", b"err\n")
-    mid = a.exec_start("/bin/sh", tty=True, rows=33, cols=101)
-    a.stdin(mid, b"stty size; tty; exit 7\r")
-    r = a.collect(mid, timeout=60)
-    assert r.code == 7, r
-    assert b"33 101" in r.stdout and b"/dev/pts/" in r.stdout, r
+    check_exec_pipe_and_pty(main_vm.agent, timeout=60)
 
 
 def test_fs_20mib_round_trip(main_vm, figures):
@@ -251,29 +238,13 @@ def test_fs_20mib_round_trip(main_vm, figures):
     blob = os.urandom(20 << 20)
     digest = hashlib.sha256(blob).hexdigest()
     t0 = time.monotonic()
-    mid = a.new_id()
-    a.send(mid, "core.fs.request", {"op": {"Write": {"path": "/root/blob", "mode": 0o644}}})
-    for off in range(0, len(blob), CHUNK):
-        a.send(mid, "core.fs.data", {"data": blob[off:off + CHUNK]})
-    a.send(mid, "core.fs.data", {"data": b""})
-    f = a.recv(timeout=120, msg_id=mid)
-    assert f.t == "core.fs.response" and f.p["ok"], f
+    fs_write_blob(a, "/root/blob", blob, 0o644)
     figures.record("vm: fs Write 20 MiB (TCG)", time.monotonic() - t0, "s")
     assert sh(a, "sha256sum /root/blob").split()[0] == digest
-    mid = a.new_id()
     t0 = time.monotonic()
-    a.send(mid, "core.fs.request", {"op": {"Read": {"path": "/root/blob"}}})
-    h, n = hashlib.sha256(), 0
-    while True:
-        # a stalled stream fails here (no frame within the guard)
-        f = a.recv(timeout=FRAME_GUARD_S, msg_id=mid)
-        if f.t != "core.fs.data":
-            break
-        h.update(f.p["data"])
-        n += len(f.p["data"])
+    got = fs_read_digest(a, "/root/blob", frame_timeout=FRAME_GUARD_S)
     figures.record("vm: fs Read 20 MiB (TCG)", time.monotonic() - t0, "s")
-    assert f.t == "core.fs.response" and f.p["ok"], f
-    assert (n, h.hexdigest()) == (len(blob), digest)
+    assert got == (len(blob), digest)
 
 
 def zombies(a):

@@ -372,3 +372,57 @@ class VM:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+
+
+# ---- checks shared by the VM suites (through a booted VM's agent) ----
+
+FS_CHUNK = 1 << 20
+
+
+def sh(a, script, **kw):
+    """stdout of `sh -c script` in the guest (run's keywords, a 120 s
+    timeout unless given), which must exit 0."""
+    kw.setdefault("timeout", 120)
+    r = a.run("/bin/sh", "-c", script, **kw)
+    assert r.code == 0, (script, r)
+    return r.stdout.decode()
+
+
+def check_exec_pipe_and_pty(a, timeout=120):
+    """A pipe-mode exec (stdin, stdout, stderr apart, the exit code) and a
+    terminal one (its size and a /dev/pts device)."""
+    r = a.run("/bin/sh", "-c", "cat; echo err >&2; exit 3", stdin=b"hello\n", timeout=timeout)
+    assert (r.code, r.stdout, r.stderr) == (3, b"hello\n", b"err\n")
+    mid = a.exec_start("/bin/sh", tty=True, rows=33, cols=101)
+    a.stdin(mid, b"stty size; tty; exit 7\r")
+    r = a.collect(mid, timeout=timeout)
+    assert r.code == 7, r
+    assert b"33 101" in r.stdout and b"/dev/pts/" in r.stdout, r
+
+
+def fs_write_blob(a, path, blob, mode):
+    """Write blob to path in FS_CHUNK chunks; the response must be ok."""
+    mid = a.new_id()
+    a.send(mid, "core.fs.request", {"op": {"Write": {"path": path, "mode": mode}}})
+    for off in range(0, len(blob), FS_CHUNK):
+        a.send(mid, "core.fs.data", {"data": blob[off:off + FS_CHUNK]})
+    a.send(mid, "core.fs.data", {"data": b""})
+    f = a.recv(timeout=120, msg_id=mid)
+    assert f.t == "core.fs.response" and f.p["ok"], f
+
+
+def fs_read_digest(a, path, frame_timeout=120):
+    """(bytes, sha256 hex) of a Read of path; a stalled stream fails when
+    no frame comes within frame_timeout."""
+    import hashlib
+    mid = a.new_id()
+    a.send(mid, "core.fs.request", {"op": {"Read": {"path": path}}})
+    h, n = hashlib.sha256(), 0
+    while True:
+        f = a.recv(timeout=frame_timeout, msg_id=mid)
+        if f.t != "core.fs.data":
+            break
+        h.update(f.p["data"])
+        n += len(f.p["data"])
+    assert f.t == "core.fs.response" and f.p["ok"], f
+    return n, h.hexdigest()
