@@ -130,7 +130,10 @@ void agent_unwatch(struct agent *a, struct watch *w)
 {
 	int i;
 
-	epoll_ctl(a->epfd, EPOLL_CTL_DEL, w->fd, NULL);
+	/* events is 0 exactly when w is not in the set (agent_watch never
+	 * registers none): a session's stdin pipe, say, never was. */
+	if (w->events)
+		epoll_ctl(a->epfd, EPOLL_CTL_DEL, w->fd, NULL);
 	w->events = 0;
 	/* The caller may free w right away: forget its pending events. */
 	for (i = a->batch_next; i < a->batch_n; i++)
